@@ -1,0 +1,58 @@
+# Config validation, wildcard constraints built from the config, and target functions.
+import os
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../config/schema.yaml")
+
+SUBJECTS = config["subjects"]
+NSD_ROOT = config["nsd_root"]
+SYNTHETIC = config["synthetic"]["enabled"]
+
+
+wildcard_constraints:
+    subject="|".join(SUBJECTS),
+
+
+def nsd_tree():
+    """The marker a synthetic NSD tree leaves when complete: a dependency of every reader.
+
+    For a real NSD tree there is nothing to build, and the readers check the files themselves.
+    """
+    return [os.path.join(NSD_ROOT, ".synthetic_complete.json")] if SYNTHETIC else []
+
+
+def get_final_output():
+    """Everything `rule all` builds: grows as the stages land."""
+    return expand("results/prepared/{subject}.h5", subject=SUBJECTS)
+
+
+# --- Runs: one reconstruction per (subject, mapper, loss, variant, strategy) -------------------
+
+RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
+AXES = {"variant": "variants", "strategy": "strategies", "loss": "losses", "mapper": "mappers"}
+
+
+def evaluation_runs():
+    """Every run the tables need, each a dict of RUN_KEYS, without duplicates, in a stable order.
+
+    The main setting on every subject; on the ablation subjects, the main setting with one axis
+    changed to each of its configured values; the mapper axis on every subject (comparison table).
+    Ridge has no loss to choose: its runs use loss "mse", what its closed form minimises.
+    """
+    main = config["ablations"]["main"]
+    runs = []
+    for subject in SUBJECTS:
+        runs.append({"subject": subject, **main})
+        for axis, key in AXES.items():
+            if axis != "mapper" and subject not in config["ablations"]["subjects"]:
+                continue
+            for value in config["ablations"][key]:
+                runs.append({"subject": subject, **main, axis: value})
+    unique = {}
+    for run in runs:
+        if run["mapper"] == "ridge":
+            run["loss"] = "mse"
+        unique[tuple(run[k] for k in RUN_KEYS)] = run
+    return list(unique.values())

@@ -1,0 +1,29 @@
+# Data: the synthetic NSD (when enabled) and per-subject preparation of betas.
+
+
+if SYNTHETIC:
+
+    rule synthesize_nsd:
+        output:
+            marker=os.path.join(NSD_ROOT, ".synthetic_complete.json"),
+        log:
+            "results/logs/synthesize_nsd.log",
+        benchmark:
+            "results/benchmarks/synthesize_nsd.tsv"
+        script:
+            "../scripts/synthesize_nsd.py"
+
+
+rule prepare_subject:
+    input:
+        nsd_tree(),
+    output:
+        "results/prepared/{subject}.h5",
+    log:
+        "results/logs/prepare_subject/{subject}.log",
+    benchmark:
+        "results/benchmarks/prepare_subject/{subject}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/prepare_subject.py"
