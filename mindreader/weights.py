@@ -1,0 +1,109 @@
+"""Pretrained weights: a registry of every external network, checked by sha256, never fetched
+while a rule runs.
+
+Compute nodes and the development machines have no internet. Every network the workflow uses is
+read from a local file named in the config; ``fetch_weights`` (a local rule, for a login node)
+downloads the files the config names and verifies them. Each registry entry carries its checksum
+and the preprocessing the network expects, so preprocessing travels with the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mindreader.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Where fetched files go unless the config names another path.
+DEFAULT_DIR = Path("resources/weights")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """One downloadable weights file."""
+
+    name: str  # registry key, as the config and `fetch_weights` name it
+    url: str  # where a login node downloads it from
+    sha256: str  # full hex digest, or the prefix (>= 8 hex digits) a torch-hub file name carries
+    filename: str  # file name under resources/weights/ by default
+    description: str  # what the network is and what uses it
+    preprocess: dict = field(default_factory=dict)  # mean, std, image_size the network expects
+
+    @property
+    def default_path(self) -> Path:
+        return DEFAULT_DIR / self.filename
+
+
+REGISTRY: dict[str, WeightsSpec] = {}
+
+
+def register(spec: WeightsSpec) -> WeightsSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"weights '{spec.name}' registered twice")
+    if len(spec.sha256) < 8 or any(c not in "0123456789abcdef" for c in spec.sha256):
+        raise ValueError(f"weights '{spec.name}': sha256 must be >= 8 lower-case hex digits, got '{spec.sha256}'")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> WeightsSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown weights '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weights file the config names is absent; the message says how to fetch it."""
+
+
+def fetch_command(name: str) -> str:
+    return f"snakemake --cores 1 fetch_weights --config 'fetch_weights=[\"{name}\"]'   # on a node with internet"
+
+
+def resolve(path: str | os.PathLike, sha256: str | None, name: str | None = None) -> Path:
+    """Return ``path`` if it exists and matches ``sha256`` (full digest or prefix); raise otherwise.
+
+    ``name`` is the registry entry, used to tell the user how to fetch a missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        how = f"Fetch it with: {fetch_command(name)}" if name else "Put the file there or point the config at it."
+        raise MissingWeightsError(f"weights file not found: {path} (expected {name or 'weights'} there). {how}")
+    if sha256:
+        actual = sha256_of(path)
+        if not actual.startswith(sha256.lower()):
+            raise ValueError(f"{path}: sha256 {actual} does not match the expected {sha256}; the file is damaged or not {name or 'the expected weights'}")
+    return path
+
+
+def fetch(name: str, dest: str | os.PathLike | None = None) -> Path:
+    """Download the registry entry ``name`` to ``dest`` (default under resources/weights/) and verify it."""
+    spec = get_spec(name)
+    dest = Path(dest) if dest else spec.default_path
+    if dest.is_file() and sha256_of(dest).startswith(spec.sha256):
+        log.info("%s: already present and verified at %s", name, dest)
+        return dest
+    log.info("fetching %s from %s", name, spec.url)
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(spec.url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        actual = sha256_of(tmp)
+        if not actual.startswith(spec.sha256):
+            raise ValueError(f"{spec.url}: downloaded file has sha256 {actual}, expected {spec.sha256}")
+    return dest
