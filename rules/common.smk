@@ -15,12 +15,18 @@ wildcard_constraints:
     subject="|".join(SUBJECTS),
 
 
-def nsd_tree():
-    """The marker a synthetic NSD tree leaves when complete: a dependency of every reader.
+SYNTHETIC_MARKER = os.path.join(NSD_ROOT, ".synthetic_complete.json")
 
-    For a real NSD tree there is nothing to build, and the readers check the files themselves.
+
+def nsd_inputs(*relpaths):
+    """Input files of a rule that reads the NSD tree, given as paths relative to the NSD root.
+
+    For a real tree these are the files themselves, so Snakemake names a missing one before any
+    job starts; for a synthetic tree, the marker that the synthesize_nsd rule writes last.
     """
-    return [os.path.join(NSD_ROOT, ".synthetic_complete.json")] if SYNTHETIC else []
+    if SYNTHETIC:
+        return [SYNTHETIC_MARKER]
+    return [os.path.join(NSD_ROOT, p) for p in relpaths]
 
 
 def get_final_output():

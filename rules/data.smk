@@ -5,7 +5,7 @@ if SYNTHETIC:
 
     rule synthesize_nsd:
         output:
-            marker=os.path.join(NSD_ROOT, ".synthetic_complete.json"),
+            marker=SYNTHETIC_MARKER,
         log:
             "results/logs/synthesize_nsd.log",
         benchmark:
@@ -16,7 +16,7 @@ if SYNTHETIC:
 
 rule prepare_subject:
     input:
-        nsd_tree(),
+        nsd_inputs(),
     output:
         "results/prepared/{subject}.h5",
     log:
