@@ -33,6 +33,7 @@ from mindreader.nsd_paths import (  # noqa: F401  (the public path API of the NS
     betas_relpath,
     captions_relpath,
     mask_relpath,
+    present_betas_format,
     subject_name,
     subject_number,
 )
@@ -198,9 +199,9 @@ class NSD:
         """``fmt``, or for "auto" the format present (NIfTI first, NSD's primary format)."""
         if fmt != "auto":
             return fmt
-        for candidate in BETAS_FORMATS:
-            if self.path(betas_relpath(subject, session, candidate)).is_file():
-                return candidate
+        present = present_betas_format(str(self.root), subject, session)
+        if present:
+            return present
         raise NSDMissingFileError(
             f"{self.path(betas_relpath(subject, session, 'nifti'))}: missing, and no "
             f"{Path(betas_relpath(subject, session, 'hdf5')).name} beside it (expected the betas of "

@@ -45,6 +45,17 @@ def betas_relpath(subject: str | int, session: int, fmt: str = "nifti") -> str:
     )
 
 
+def present_betas_format(root: str, subject: str | int, session: int) -> str | None:
+    """The first betas format (NIfTI, NSD's primary one, then HDF5) whose file exists under
+    ``root`` for that session, or None."""
+    import os
+
+    for fmt in BETAS_FORMATS:
+        if os.path.isfile(os.path.join(root, betas_relpath(subject, session, fmt))):
+            return fmt
+    return None
+
+
 def mask_relpath(subject: str | int) -> str:
     """The nsdgeneral ROI of a subject, (X, Y, Z), voxels with value > 0 are used."""
     return f"nsddata/ppdata/{subject_name(subject)}/func1pt8mm/roi/nsdgeneral.nii.gz"
