@@ -108,8 +108,9 @@ class NSD:
         """Trials of one session, from the header of the first session-1 betas file present."""
         for number in range(1, MAX_SUBJECTS + 1):
             for fmt in BETAS_FORMATS:
-                if self.path(betas_relpath(number, 1, fmt)).is_file():
-                    return self.betas_file(number, 1, fmt).n_trials
+                path = self.path(betas_relpath(number, 1, fmt))
+                if path.is_file():
+                    return open_betas(path, fmt).n_trials
         raise NSDMissingFileError(
             f"{self.root}: no betas found to take the trials per session from "
             f"(expected e.g. {self.path(betas_relpath(1, 1, 'nifti'))})"
@@ -208,10 +209,22 @@ class NSD:
             f"{subject_name(subject)} session {session})"
         )
 
-    def betas_file(self, subject: str | int, session: int, fmt: str = "auto") -> BetasFile:
-        """Header of one session's betas, checked against the mask of that subject."""
+    def betas_file(self, subject: str | int, session: int, fmt: str = "auto", mask: Mask | None = None) -> BetasFile:
+        """Header of one session's betas, checked against the design's trials per session and,
+        when given, the shape of the subject's mask."""
         fmt = self.betas_format(subject, session, fmt)
-        return open_betas(self.path(betas_relpath(subject, session, fmt)), fmt)
+        betas = open_betas(self.path(betas_relpath(subject, session, fmt)), fmt)
+        if betas.n_trials != self.design.trials_per_session:
+            raise NSDFormatError(
+                f"{betas.path}: holds {betas.n_trials} trials, expected {self.design.trials_per_session} "
+                f"(the trials per session of the other betas files)"
+            )
+        if mask is not None and betas.volume_shape != mask.shape:
+            raise NSDFormatError(
+                f"{mask.path}: mask shape {mask.shape} does not match the volume shape "
+                f"{betas.volume_shape} of {betas.path}"
+            )
+        return betas
 
     def mask(self, subject: str | int) -> Mask:
         """The subject's nsdgeneral voxels (value > 0), in canonical order with their (x, y, z)."""
@@ -221,14 +234,8 @@ class NSD:
         self, subject: str | int, session: int, mask: Mask, fmt: str = "auto", chunk_trials: int = 50
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first position, int16 (trials, voxels)) over one session in chunks of trials,
-        after checking the file's trial count against the design."""
-        betas = self.betas_file(subject, session, fmt)
-        if betas.n_trials != self.design.trials_per_session:
-            raise NSDFormatError(
-                f"{betas.path}: holds {betas.n_trials} trials, expected {self.design.trials_per_session} "
-                f"(the trials per session of the other betas files)"
-            )
-        yield from iter_masked_betas(betas, mask, chunk_trials)
+        after checking the file against the design and the mask."""
+        yield from iter_masked_betas(self.betas_file(subject, session, fmt, mask), mask, chunk_trials)
 
     # --- stimuli and captions ------------------------------------------------------------------
 

@@ -1,4 +1,11 @@
 # Data: the synthetic NSD (when enabled) and per-subject preparation of betas.
+from mindreader.nsd_paths import (
+    EXPDESIGN_RELPATH,
+    STIM_INFO_RELPATH,
+    betas_relpath,
+    mask_relpath,
+    present_betas_format,
+)
 
 
 if SYNTHETIC:
@@ -14,15 +21,32 @@ if SYNTHETIC:
             "../scripts/synthesize_nsd.py"
 
 
+def prepare_inputs(wildcards):
+    """The NSD files prepare_subject reads for a subject: the design, the stim info, the mask and
+    the betas of each configured session in the configured format ("auto": whichever is there,
+    NIfTI first, as the script decides)."""
+    fmt = config["prepare"]["betas_format"]
+    betas = []
+    for session in range(1, config["prepare"]["sessions"] + 1):
+        if fmt == "auto":
+            # none present: name the NIfTI, so that Snakemake reports the missing file
+            chosen = present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+        else:
+            chosen = fmt
+        betas.append(betas_relpath(wildcards.subject, session, chosen))
+    return nsd_inputs(EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas)
+
+
 rule prepare_subject:
     input:
-        nsd_inputs(),
+        prepare_inputs,
     output:
         "results/prepared/{subject}.h5",
     log:
         "results/logs/prepare_subject/{subject}.log",
     benchmark:
         "results/benchmarks/prepare_subject/{subject}.tsv"
+    threads: 1
     resources:
         mem_mb=4000,
     script:
