@@ -1,0 +1,201 @@
+"""StyleGAN2 building blocks in plain PyTorch: FIR resampling, bias + activation, equalised
+fully-connected and convolution layers, and the modulated convolution.
+
+Equalised learning rate: weights are stored at unit scale and multiplied by He's constant at run
+time, so Adam's per-parameter step sizes are comparable across layers; ``lr_multiplier`` scales
+both the stored init and the run-time gain, which divides a layer's effective learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Activation name -> (function, gain that keeps unit variance after it).
+ACTIVATIONS = {
+    "linear": (lambda x: x, 1.0),
+    "lrelu": (lambda x: F.leaky_relu(x, 0.2), math.sqrt(2.0)),
+}
+
+
+def check_shape(tensor: torch.Tensor, expected: list, name: str = "input") -> None:
+    """Raise if ``tensor`` does not have ``expected`` shape (None matches any size)."""
+    if tensor.ndim != len(expected) or any(e is not None and s != e for s, e in zip(tensor.shape, expected)):
+        raise ValueError(f"{name}: expected shape {expected} (None = any), got {list(tensor.shape)}")
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}")
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0, clamp: float | None = None) -> torch.Tensor:
+    """Add a per-channel bias (dim 1), apply ``act``, scale by its gain times ``gain``, clamp."""
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
+    fn, act_gain = ACTIVATIONS[act]
+    x = fn(x) * (act_gain * gain)
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def setup_filter(taps: list[float]) -> torch.Tensor:
+    """Separable 2-D FIR filter from 1-D ``taps``, normalised to unit DC gain."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
+    """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), FIR filter, subsample.
+
+    ``x`` is (B, C, H, W) and ``f`` a 2-D filter applied to every channel alone.
+    """
+    check_shape(x, [None, None, None, None], "upfirdn2d x")
+    batch, channels, height, width = x.shape
+    if up > 1:
+        x = x.reshape(batch, channels, height, 1, width, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(batch, channels, height * up, width * up)
+    px0, px1, py0, py1 = padding
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
+    # conv2d correlates, so flip the filter to convolve; gain per dimension for up/down.
+    weight = (f * (gain ** (f.ndim / 2))).flip([0, 1]).to(x.dtype)
+    weight = weight[None, None].repeat(channels, 1, 1, 1)
+    x = F.conv2d(x, weight, groups=channels)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    """FIR upsampling: output (B, C, H * up, W * up)."""
+    fw = f.shape[-1]
+    p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
+    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up**2)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:
+    """FIR anti-aliased downsampling: output (B, C, H / down, W / down)."""
+    fw = f.shape[-1]
+    p0, p1 = (fw - down + 1) // 2, (fw - down) // 2
+    return upfirdn2d(x, f, down=down, padding=(p0, p1, p0, p1))
+
+
+class FullyConnectedLayer(nn.Module):
+    """y = act(x W^T * gain + b * lr_multiplier), weight stored at unit scale."""
+
+    def __init__(
+        self,
+        in_features: int,  # input width
+        out_features: int,  # output width
+        bias: bool = True,  # learn an additive bias
+        activation: str = "linear",  # "linear" or "lrelu"
+        lr_multiplier: float = 1.0,  # learning-rate multiplier of this layer (0.01 in mapping nets)
+        bias_init: float = 0.0,  # initial bias value (1 for style affines: start at identity)
+    ):
+        super().__init__()
+        check_activation(activation)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, [None, self.in_features], "FullyConnectedLayer x")
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias.to(x.dtype) * self.bias_gain if self.bias is not None else None
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
+
+
+class Conv2dLayer(nn.Module):
+    """Equalised convolution with optional FIR up/downsampling by 2 (discriminator layers)."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input channels
+        out_channels: int,  # output channels
+        kernel_size: int,  # square kernel side (odd)
+        bias: bool = True,  # learn an additive bias
+        activation: str = "linear",  # "linear" or "lrelu"
+        up: int = 1,  # 2: FIR-upsample before the convolution
+        down: int = 1,  # 2: FIR-blur and convolve with stride 2
+        resample_filter: tuple = (1, 3, 3, 1),  # FIR taps of the resampling filter
+        conv_clamp: float | None = None,  # clamp outputs to +-this (None: no clamp)
+    ):
+        super().__init__()
+        check_activation(activation)
+        if up not in (1, 2) or down not in (1, 2):
+            raise ValueError(f"up and down must be 1 or 2, got up={up}, down={down}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.up = up
+        self.down = down
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        check_shape(x, [None, self.in_channels, None, None], "Conv2dLayer x")
+        w = self.weight.to(x.dtype) * self.weight_gain
+        if self.up > 1:
+            x = upsample2d(x, self.resample_filter, self.up)
+        if self.down > 1 and self.kernel_size > 1:
+            # Blur with the padding that the strided kernel needs, then convolve with stride 2.
+            fw = self.resample_filter.shape[-1]
+            p = (fw - self.down) + (self.kernel_size - 1)
+            x = upfirdn2d(x, self.resample_filter, padding=((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
+            x = F.conv2d(x, w, stride=self.down)
+        else:
+            if self.down > 1:
+                x = downsample2d(x, self.resample_filter, self.down)
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, self.activation, gain=gain, clamp=clamp)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, up={self.up}, down={self.down}, act={self.activation}"
+
+
+def modulated_conv2d(
+    x: torch.Tensor,  # (B, C_in, H, W) input
+    weight: torch.Tensor,  # (C_out, C_in, k, k) stored weight (already scaled by its gain)
+    styles: torch.Tensor,  # (B, C_in) per-sample scale of each input channel
+    noise: torch.Tensor | None = None,  # (B, 1, H', W') added to the output, or None
+    up: int = 1,  # 2: FIR-upsample the input first
+    demodulate: bool = True,  # rescale each sample's output channels to unit expected variance
+    resample_filter: torch.Tensor | None = None,  # FIR filter for up > 1
+) -> torch.Tensor:
+    """StyleGAN2's modulated convolution as one grouped convolution over the batch."""
+    batch, in_channels, _, _ = x.shape
+    out_channels, _, kh, kw = weight.shape
+    check_shape(x, [None, weight.shape[1], None, None], "modulated_conv2d x")
+    check_shape(styles, [batch, in_channels], "modulated_conv2d styles")
+    w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # (B, C_out, C_in, k, k)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    if up > 1:
+        x = upsample2d(x, resample_filter, up)
+    x = x.reshape(1, batch * in_channels, *x.shape[2:])
+    x = F.conv2d(x, w.reshape(batch * out_channels, in_channels, kh, kw).to(x.dtype), padding=kh // 2, groups=batch)
+    x = x.reshape(batch, out_channels, *x.shape[2:])
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x

@@ -1,0 +1,441 @@
+"""Lafite-style conditional StyleGAN2: mapping network, condition-aware synthesis, and a resnet
+discriminator with one projection head per condition.
+
+Conditioning follows Lafite's "structure 2": the CLIP vector does not enter the mapping network;
+every synthesis and ToRGB layer passes each condition through its own two-layer FC branch, fuses
+the branch outputs (max for the paper's two-head model; avg or cat as ablations) and computes the
+layer's style from [w, fused] with one affine layer.
+
+Modules are named by resolution (``synthesis.b32.conv1``) so state-dict keys read like the
+architecture. Shapes: images (B, C, H, W) in [-1, 1]; conditions (B, K, c_dim), K conditions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from mindreader.generator.layers import (
+    Conv2dLayer,
+    FullyConnectedLayer,
+    bias_act,
+    check_shape,
+    modulated_conv2d,
+    setup_filter,
+    upsample2d,
+)
+
+FUSIONS = ("max", "avg", "cat")
+NOISE_MODES = ("random", "const", "none")
+
+
+def channels_per_resolution(img_resolution: int, channel_base: int, channel_max: int) -> dict[int, int]:
+    """Feature maps at each resolution 4 .. img_resolution: channel_base / res, at most channel_max."""
+    if img_resolution < 4 or img_resolution & (img_resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {img_resolution}")
+    resolutions = [2**i for i in range(2, int(np.log2(img_resolution)) + 1)]
+    return {res: max(1, min(channel_base // res, channel_max)) for res in resolutions}
+
+
+class MappingNetwork(nn.Module):
+    """z -> w by an MLP (unconditional: the condition enters the synthesis layers instead)."""
+
+    def __init__(
+        self,
+        z_dim: int,  # latent z width
+        w_dim: int,  # intermediate latent w width
+        num_ws: int,  # number of w copies the synthesis network consumes
+        num_layers: int = 8,  # FC layers
+        lr_multiplier: float = 0.01,  # learning-rate multiplier of the FC layers
+    ):
+        super().__init__()
+        self.z_dim = z_dim
+        self.w_dim = w_dim
+        self.num_ws = num_ws
+        widths = [z_dim] + [w_dim] * num_layers
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(widths[idx], widths[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{idx}", layer)
+        self.num_layers = num_layers
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        check_shape(z, [None, self.z_dim], "MappingNetwork z")
+        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()  # normalise 2nd moment
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+        return x.unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+class ConditionedStyle(nn.Module):
+    """Style of one layer from w and K conditions: per-condition FC branches, fused, then affine."""
+
+    def __init__(
+        self,
+        w_dim: int,  # w width
+        out_features: int,  # style width (= input channels of the modulated conv)
+        c_dim: int,  # condition (CLIP embedding) width
+        n_conditions: int,  # K: conditions, one branch each
+        branch_width: int,  # width of each branch's two FC layers (Lafite: 512)
+        fusion: str = "max",  # how K > 1 branch outputs combine: max, avg, cat
+        lr_multiplier: float = 0.01,  # learning-rate multiplier of the branch FC layers
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion '{fusion}'; choose one of {FUSIONS}")
+        self.c_dim = c_dim
+        self.n_conditions = n_conditions
+        self.fusion = fusion
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                FullyConnectedLayer(c_dim, branch_width, activation="lrelu", lr_multiplier=lr_multiplier),
+                FullyConnectedLayer(branch_width, branch_width, activation="lrelu", lr_multiplier=lr_multiplier),
+            )
+            for _ in range(n_conditions)
+        )
+        fused_width = branch_width * (n_conditions if fusion == "cat" else 1)
+        self.affine = FullyConnectedLayer(w_dim + fused_width, out_features, bias_init=1.0)
+
+    def forward(self, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        check_shape(c, [w.shape[0], self.n_conditions, self.c_dim], "ConditionedStyle c")
+        outs = [branch(c[:, k]) for k, branch in enumerate(self.branches)]
+        if self.fusion == "cat":
+            fused = torch.cat(outs, dim=1)
+        elif self.fusion == "avg":
+            fused = torch.stack(outs).mean(dim=0)
+        else:
+            fused = torch.stack(outs).amax(dim=0)
+        return self.affine(torch.cat([w, fused], dim=1))
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 convolution (optionally upsampling) + noise + bias + lrelu."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input feature maps
+        out_channels: int,  # output feature maps
+        w_dim: int,  # w width
+        resolution: int,  # output resolution
+        cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
+        up: int = 1,  # 2: upsample by 2 first
+        use_noise: bool = True,  # add per-pixel noise scaled by a learned strength
+        name: str = "",  # full name, the key of this layer's noise input
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.resolution = resolution
+        self.up = up
+        self.use_noise = use_noise
+        self.name = name
+        self.style = ConditionedStyle(w_dim, in_channels, **cond_kwargs)
+        self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, noise_mode: str = "random", noise: dict | None = None) -> torch.Tensor:
+        check_shape(x, [None, self.in_channels, self.resolution // self.up, self.resolution // self.up], f"{self.name} x")
+        styles = self.style(w, c)
+        noise_map = None
+        if self.use_noise and noise_mode != "none":
+            if noise is not None:
+                base = noise[self.name]
+            elif noise_mode == "random":
+                base = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
+            else:
+                base = self.noise_const
+            noise_map = base * self.noise_strength
+        x = modulated_conv2d(x, self.weight, styles, noise_map, up=self.up, demodulate=True, resample_filter=self.resample_filter)
+        return bias_act(x, self.bias, "lrelu")
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 convolution to RGB, without demodulation."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input feature maps
+        img_channels: int,  # output colour channels
+        w_dim: int,  # w width
+        cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.style = ConditionedStyle(w_dim, in_channels, **cond_kwargs)
+        self.weight = nn.Parameter(torch.randn(img_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+        self.weight_gain = 1.0 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        check_shape(x, [None, self.in_channels, None, None], "ToRGBLayer x")
+        styles = self.style(w, c) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, "linear")
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the skip-architecture generator: (const | up-conv), conv, ToRGB."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input feature maps (0: this is the 4x4 block with a learned constant)
+        out_channels: int,  # feature maps of this resolution
+        w_dim: int,  # w width
+        resolution: int,  # resolution of this block
+        img_channels: int,  # colour channels
+        cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
+        use_noise: bool = True,  # noise inputs in the conv layers
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.resolution = resolution
+        self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
+        name = f"b{resolution}"
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, cond_kwargs, up=2, use_noise=use_noise, name=f"{name}.conv0")
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, cond_kwargs, use_noise=use_noise, name=f"{name}.conv1")
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, cond_kwargs)
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1
+
+    def noise_layers(self) -> list[SynthesisLayer]:
+        layers = [self.conv1] if self.in_channels == 0 else [self.conv0, self.conv1]
+        return [layer for layer in layers if layer.use_noise]
+
+    def forward(self, x, img, ws, c, noise_mode="random", noise=None):
+        check_shape(ws, [None, self.num_conv + self.num_torgb, None], f"b{self.resolution} ws")
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1).to(ws.dtype)
+            x = self.conv1(x, ws[:, 0], c, noise_mode, noise)
+        else:
+            x = self.conv0(x, ws[:, 0], c, noise_mode, noise)
+            x = self.conv1(x, ws[:, 1], c, noise_mode, noise)
+        y = self.torgb(x, ws[:, -1], c)
+        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (B, num_ws, w_dim) + conditions -> image (B, C, R, R)."""
+
+    def __init__(
+        self,
+        w_dim: int,  # w width
+        img_resolution: int,  # output resolution (power of two)
+        img_channels: int,  # colour channels
+        channel_base: int,  # feature maps = channel_base / resolution ...
+        channel_max: int,  # ... capped at channel_max
+        cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
+        use_noise: bool = True,  # noise inputs in the conv layers
+    ):
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.channels = channels_per_resolution(img_resolution, channel_base, channel_max)
+        self.block_resolutions = sorted(self.channels)
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_channels = self.channels[res // 2] if res > 4 else 0
+            block = SynthesisBlock(in_channels, self.channels[res], w_dim, res, img_channels, cond_kwargs, use_noise)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{res}", block)
+        self.num_ws += 1  # the last ToRGB's w
+
+    def blocks(self) -> list[SynthesisBlock]:
+        return [getattr(self, f"b{res}") for res in self.block_resolutions]
+
+    def noise_shapes(self) -> dict[str, int]:
+        """Name -> resolution of every noise input; ``forward(noise=...)`` takes (B, 1, res, res) maps."""
+        return {layer.name: layer.resolution for block in self.blocks() for layer in block.noise_layers()}
+
+    def forward(self, ws, c, noise_mode="random", noise=None):
+        check_shape(ws, [None, self.num_ws, None], "SynthesisNetwork ws")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise_mode '{noise_mode}'; choose one of {NOISE_MODES}")
+        x = img = None
+        w_idx = 0
+        for block in self.blocks():
+            x, img = block(x, img, ws[:, w_idx : w_idx + block.num_conv + block.num_torgb], c, noise_mode, noise)
+            w_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) + conditions (B, K, c_dim) -> image (B, C, R, R) in about [-1, 1]."""
+
+    def __init__(
+        self,
+        z_dim: int,  # latent z width (paper: 512)
+        w_dim: int,  # intermediate latent w width (paper: 512)
+        img_resolution: int,  # output resolution (paper: 256)
+        img_channels: int,  # colour channels
+        c_dim: int,  # condition (CLIP embedding) width
+        n_conditions: int,  # K conditions (1 single-head, 2 image + caption)
+        fusion: str,  # how K > 1 condition branches combine: max, avg, cat
+        branch_width: int,  # width of each per-layer condition branch (Lafite: 512)
+        channel_base: int,  # feature maps = channel_base / resolution (paper: 32768) ...
+        channel_max: int,  # ... capped at channel_max (paper: 512)
+        mapping_layers: int = 8,  # FC layers of the mapping network
+        mapping_lr_multiplier: float = 0.01,  # learning-rate multiplier of the mapping network
+        branch_lr_multiplier: float = 0.01,  # learning-rate multiplier of the condition branches
+        use_noise: bool = True,  # noise inputs in the conv layers
+    ):
+        super().__init__()
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.n_conditions = n_conditions
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        cond_kwargs = {
+            "c_dim": c_dim,
+            "n_conditions": n_conditions,
+            "branch_width": branch_width,
+            "fusion": fusion,
+            "lr_multiplier": branch_lr_multiplier,
+        }
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, cond_kwargs, use_noise)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
+
+    def forward(self, z, c, noise_mode="random", noise=None):
+        check_shape(c, [z.shape[0], self.n_conditions, self.c_dim], "Generator c")
+        return self.synthesis(self.mapping(z), c, noise_mode, noise)
+
+
+class MinibatchStdLayer(nn.Module):
+    """Append the std of features over groups of consecutive samples as extra channels.
+
+    Groups are consecutive samples so that a global batch split across ranks in order forms the
+    same groups as the whole batch in one process.
+    """
+
+    def __init__(
+        self,
+        group_size: int,  # samples per group (the batch must be divisible by min(group, batch))
+        num_channels: int = 1,  # feature groups, one std channel each
+    ):
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, [None, None, None, None], "MinibatchStdLayer x")
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            raise ValueError(f"batch {n} is not divisible by the minibatch-std group size {g}")
+        f = self.num_channels
+        y = x.reshape(n // g, g, f, c // f, h, w)
+        y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)
+        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])  # (n/g, f)
+        y = y.repeat_interleave(g, dim=0).reshape(n, f, 1, 1).repeat(1, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+
+class DiscriminatorBlock(nn.Module):
+    """One resolution of the resnet discriminator: (fromRGB), conv, down-conv, 1x1 down skip."""
+
+    def __init__(
+        self,
+        in_channels: int,  # input feature maps (0: first block, reads the image)
+        tmp_channels: int,  # feature maps inside the block
+        out_channels: int,  # output feature maps (at half resolution)
+        resolution: int,  # input resolution of this block
+        img_channels: int,  # colour channels
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.resolution = resolution
+        if in_channels == 0:
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu")
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu")
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, [None, None, self.resolution, self.resolution], f"b{self.resolution} x")
+        if self.in_channels == 0:
+            x = self.fromrgb(x)
+        y = self.skip(x, gain=math.sqrt(0.5))
+        x = self.conv0(x)
+        x = self.conv1(x, gain=math.sqrt(0.5))
+        return y + x
+
+
+class DiscriminatorEpilogue(nn.Module):
+    """4x4 head: minibatch std, conv, FC; a real/fake logit and one projection per condition."""
+
+    def __init__(
+        self,
+        in_channels: int,  # feature maps at 4x4
+        c_dim: int,  # condition width (projection heads map to it)
+        n_conditions: int,  # K projection heads
+        mbstd_group_size: int = 4,  # minibatch-std group (consecutive samples)
+        mbstd_num_channels: int = 1,  # minibatch-std channels
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu")
+        self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
+        self.out = FullyConnectedLayer(in_channels, 1)
+        self.heads = nn.ModuleList(FullyConnectedLayer(in_channels, c_dim) for _ in range(n_conditions))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_shape(x, [None, self.in_channels, 4, 4], "b4 x")
+        x = self.conv(self.mbstd(x))
+        x = self.fc(x.flatten(1))
+        fts = torch.stack([head(x) for head in self.heads], dim=1)
+        return self.out(x).squeeze(1), fts
+
+
+class Discriminator(nn.Module):
+    """image (B, C, R, R) + conditions (B, K, c_dim) -> per-sample conditional logit (B,) and
+    projection features (B, K, c_dim).
+
+    Conditional logit = logit + sum_k 0.5 * <fts_k, c_k>, per sample (the original summed the
+    projection over the batch, adding the same scalar to every sample).
+    """
+
+    def __init__(
+        self,
+        img_resolution: int,  # input resolution (power of two)
+        img_channels: int,  # colour channels
+        c_dim: int,  # condition width
+        n_conditions: int,  # K projection heads
+        channel_base: int,  # feature maps = channel_base / resolution ...
+        channel_max: int,  # ... capped at channel_max
+        mbstd_group_size: int = 4,  # minibatch-std group size
+        projection_weight: float = 0.5,  # weight of each head's <fts_k, c_k> in the logit
+    ):
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.c_dim = c_dim
+        self.n_conditions = n_conditions
+        self.projection_weight = projection_weight
+        if img_resolution < 8:
+            raise ValueError(f"the discriminator needs a resolution of at least 8, got {img_resolution}")
+        channels = channels_per_resolution(img_resolution, channel_base, channel_max)
+        self.block_resolutions = sorted((r for r in channels if r > 4), reverse=True)
+        for res in self.block_resolutions:
+            in_channels = channels[res] if res < img_resolution else 0
+            setattr(self, f"b{res}", DiscriminatorBlock(in_channels, channels[res], channels[res // 2], res, img_channels))
+        self.b4 = DiscriminatorEpilogue(channels[4], c_dim, n_conditions, mbstd_group_size)
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution], "Discriminator img")
+        check_shape(c, [img.shape[0], self.n_conditions, self.c_dim], "Discriminator c")
+        x = img
+        for res in self.block_resolutions:
+            x = getattr(self, f"b{res}")(x)
+        logits, fts = self.b4(x)
+        projection = (fts * c.to(fts.dtype)).sum(dim=2).sum(dim=1)
+        return logits + self.projection_weight * projection, fts
