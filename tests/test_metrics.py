@@ -1,0 +1,161 @@
+"""Each metric of mindreader.metrics against a direct reference computation on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+from skimage.color import rgb2gray
+from skimage.metrics import structural_similarity
+
+from mindreader import metrics
+from mindreader.evaluation.bootstrap import mean_ci, ratio_ci
+from mindreader.evaluation.fid_reference import pytorch_fid_frechet_distance
+
+
+def _gaussian_features(rng, n, d, shift=0.0):
+    mixing = rng.standard_normal((d, d)) / np.sqrt(d)
+    return rng.standard_normal((n, d)) @ mixing + shift
+
+
+def _reference_trace_sqrt(sigma1, sigma2):
+    # tr(sqrtm(S1 S2)) from the (real, non-negative) eigenvalues of the non-symmetric product
+    evals = np.linalg.eigvals(sigma1 @ sigma2).real
+    return np.sqrt(np.clip(evals, 0, None)).sum()
+
+
+def test_frechet_distance_agrees_with_pytorch_fid_on_full_rank_covariances():
+    rng = np.random.default_rng(0)
+    x, y = _gaussian_features(rng, 400, 24), _gaussian_features(rng, 400, 24, shift=0.3)
+    stats = (*metrics.feature_stats(x), *metrics.feature_stats(y))
+    ours, theirs = metrics.frechet_distance(*stats), pytorch_fid_frechet_distance(*stats)
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_frechet_distance_closed_form_in_one_dimension():
+    # N(m1, s1^2) vs N(m2, s2^2): (m1 - m2)^2 + (s1 - s2)^2
+    assert metrics.frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+def test_frechet_distance_is_exact_and_finite_for_singular_covariances():
+    rng = np.random.default_rng(1)
+    x, y = _gaussian_features(rng, 12, 40), _gaussian_features(rng, 15, 40, shift=0.5)  # rank < d
+    mu1, s1 = metrics.feature_stats(x)
+    mu2, s2 = metrics.feature_stats(y)
+    assert np.linalg.matrix_rank(s1) < 40
+    expected = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * _reference_trace_sqrt(s1, s2)
+    ours = metrics.frechet_distance(mu1, s1, mu2, s2)
+    assert np.isfinite(ours)
+    assert ours == pytest.approx(expected, rel=1e-7)
+    # the nuclear-norm route from the features themselves gives the same number
+    assert metrics.frechet_distance_features(x, y) == pytest.approx(ours, rel=1e-9)
+    assert metrics.frechet_distance_features(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="sigma2"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
+
+
+def _two_way_reference(gt, pred):
+    n = len(gt)
+    r = np.corrcoef(gt, pred)[:n, n:]
+    return np.array([sum(r[i, j] < r[j, j] for i in range(n) if i != j) / (n - 1) for j in range(n)])
+
+
+def test_two_way_identification_matches_the_definition():
+    rng = np.random.default_rng(2)
+    gt = rng.standard_normal((9, 30))
+    pred = gt + rng.standard_normal((9, 30)) * 1.5
+    np.testing.assert_allclose(metrics.two_way_per_image(gt, pred), _two_way_reference(gt, pred))
+
+
+def test_two_way_identification_chance_and_perfect():
+    rng = np.random.default_rng(3)
+    gt = rng.standard_normal((300, 64))
+    assert metrics.two_way_identification(gt, gt) == 1.0
+    unrelated = metrics.two_way_identification(gt, rng.standard_normal((300, 64)))
+    assert abs(unrelated - 0.5) < 0.05
+
+
+def test_correlation_distance_matches_corrcoef():
+    rng = np.random.default_rng(4)
+    gt, pred = rng.standard_normal((5, 20)), rng.standard_normal((5, 20))
+    expected = [1 - np.corrcoef(a, b)[0, 1] for a, b in zip(gt, pred)]
+    np.testing.assert_allclose(metrics.correlation_distance_per_image(gt, pred), expected)
+
+
+def _images(rng, n, side):
+    return rng.integers(0, 256, size=(n, side, side, 3), dtype=np.uint8)
+
+
+def test_pixcorr_matches_corrcoef_of_flattened_rgb():
+    rng = np.random.default_rng(5)
+    gt = _images(rng, 3, 24)
+    rec = np.clip(gt.astype(int) + rng.integers(-60, 60, gt.shape), 0, 255).astype(np.uint8)
+    expected = [np.corrcoef(a.ravel() / 255.0, b.ravel() / 255.0)[0, 1] for a, b in zip(gt, rec)]
+    np.testing.assert_allclose(metrics.pixcorr_per_image(gt, rec, side=24), expected, rtol=1e-5)
+
+
+def test_pixel_metrics_resize_to_the_evaluation_side():
+    rng = np.random.default_rng(6)
+    gt, rec = _images(rng, 2, 16), _images(rng, 2, 16)
+    big_gt, big_rec = metrics.resize_images(gt, 40), metrics.resize_images(rec, 40)
+    assert big_gt.shape == (2, 40, 40, 3)
+    np.testing.assert_allclose(
+        metrics.pixcorr_per_image(gt, rec, side=40), metrics.pixcorr_per_image(big_gt, big_rec, side=40), rtol=1e-6
+    )
+
+
+def test_ssim_matches_scikit_image_true_2d_ssim():
+    rng = np.random.default_rng(7)
+    gt = _images(rng, 3, 48)
+    rec = np.clip(gt.astype(int) + rng.integers(-80, 80, gt.shape), 0, 255).astype(np.uint8)
+    expected = [
+        structural_similarity(
+            rgb2gray(a / 255.0),
+            rgb2gray(b / 255.0),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
+        for a, b in zip(gt, rec)
+    ]
+    np.testing.assert_allclose(metrics.ssim_per_image(gt, rec, side=48), expected, rtol=1e-6)
+    assert metrics.ssim_per_image(gt, gt, side=48) == pytest.approx(1.0)
+
+
+def test_ssim_compares_at_425_by_default():
+    rng = np.random.default_rng(8)
+    gt = _images(rng, 1, 32)
+    assert metrics.ssim(gt, gt) == pytest.approx(1.0)
+    assert metrics.EVAL_SIDE == 425
+
+
+def test_retrieval_perfect_and_chance():
+    rng = np.random.default_rng(9)
+    target = rng.standard_normal((120, 16))
+    hits = metrics.retrieval_hits(target * 2.0, target, pool_size=50, draws=10, seed=0)
+    assert hits["appearances"].sum() == 500
+    assert (hits["image"] == hits["appearances"]).all() and (hits["brain"] == hits["appearances"]).all()
+    random = metrics.retrieval_hits(rng.standard_normal((120, 16)), target, pool_size=50, draws=200, seed=0)
+    assert random["image"].sum() / random["appearances"].sum() == pytest.approx(1 / 50, abs=0.01)
+
+
+def test_bootstrap_ci_brackets_the_value_and_is_reproducible():
+    rng = np.random.default_rng(10)
+    scores = rng.random(200)
+    first, again = mean_ci(scores, 500, seed=1), mean_ci(scores, 500, seed=1)
+    assert first == again
+    lo, hi = first["ci95"]
+    assert lo < first["value"] < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * scores.std() / np.sqrt(200), rel=0.25)
+    ratio = ratio_ci(np.array([1, 2, 0, 3]), np.array([2, 2, 2, 4]), 100, seed=0)
+    assert ratio["value"] == pytest.approx(6 / 10)
+
+
+def test_scipy_sqrtm_is_left_unpatched_by_the_reference():
+    before = scipy.linalg.sqrtm
+    pytorch_fid_frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2) * 2)
+    assert scipy.linalg.sqrtm is before
