@@ -1,0 +1,65 @@
+"""The prepare_subject rule through Snakemake: two subjects of the synthetic NSD, a real-layout
+tree that the test writes (inputs named file by file), and each bad input: a non-zero exit, the
+file named, no output left."""
+
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_snakemake, tiny_config
+from test_nsd_tree import SESSIONS, write_tiny_tree
+from test_prepare import BAD_INPUTS, EXPECTED_MESSAGE, SUBJECT, damaged_tree
+
+from mindreader.nsd import NSD
+from mindreader.prepare import PrepareOptions, prepare_subject
+
+pytestmark = pytest.mark.workflow
+
+
+def real_tree_config(root) -> dict:
+    return tiny_config(nsd_root=str(root), synthetic={"enabled": False}, prepare={"sessions": SESSIONS})
+
+
+def test_prepare_two_synthetic_subjects(tmp_path):
+    config = tiny_config()
+    targets = ["results/prepared/subj01.h5", "results/prepared/subj02.h5"]
+    run_snakemake(tmp_path, targets, config)
+    for subject, target in zip(("subj01", "subj02"), targets):
+        with h5py.File(tmp_path / target) as h5:
+            assert h5.attrs["subject"] == subject and h5.attrs["sessions"] == config["prepare"]["sessions"]
+            train, test = h5["train/betas"][()], h5["test/betas"][()]
+            assert train.shape[1] == test.shape[1] == h5.attrs["n_voxels"] == len(h5["voxel_xyz"])
+            assert np.isfinite(train).all() and np.isfinite(test).all()
+            assert not set(h5["train/nsd_id"][()]) & set(h5["test/nsd_id"][()])
+        assert (tmp_path / target.replace(".h5", ".provenance.json")).exists()
+
+
+def test_rule_on_a_real_layout_tree_equals_the_library(tmp_path):
+    root = tmp_path / "nsd"
+    write_tiny_tree(root, formats=("hdf5",))
+    run_snakemake(tmp_path / "run", ["results/prepared/subj02.h5"], real_tree_config(root))
+    direct = tmp_path / "direct.h5"
+    prepare_subject(NSD(root), "subj02", PrepareOptions(sessions=SESSIONS, betas_format="hdf5"), direct)
+    with h5py.File(tmp_path / "run/results/prepared/subj02.h5") as rule_file, h5py.File(direct) as library_file:
+        for name in ("train/betas", "test/betas", "train/nsd_id", "test/trial", "voxel_xyz"):
+            np.testing.assert_array_equal(rule_file[name][()], library_file[name][()])
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_the_rule_naming_the_file(tmp_path, case):
+    root = damaged_tree(tmp_path, case)
+    subject = SUBJECT.get(case, "subj01")
+    workdir = tmp_path / "run"
+    result = run_snakemake(workdir, [f"results/prepared/{subject}.h5"], real_tree_config(root), check=False)
+    assert result.returncode != 0
+    log = workdir / f"results/logs/prepare_subject/{subject}.log"
+    said = result.stdout + result.stderr + (log.read_text() if log.exists() else "")
+    if case == "missing session":  # Snakemake itself names the missing input before any job runs
+        assert "MissingInputException" in said and "betas_session03.nii.gz" in said
+    else:
+        assert re.search(r"NSD(Missing|Format)Error: .*" + EXPECTED_MESSAGE[case], said), said[-3000:]
+    prepared = workdir / "results/prepared"
+    assert not prepared.exists() or not list(prepared.iterdir())
