@@ -1,0 +1,70 @@
+"""Reconstructions: G_ema draws one image per test sample from its predicted embeddings.
+
+Deterministic: noise inputs use their stored constants, and z is either zero or drawn for the
+whole test set at once from a fixed seed (so an image does not depend on the batch size).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mindreader.generator.data import stack_predictions
+from mindreader.generator.loss import Z_POLICIES
+from mindreader.generator.store import load_generator
+from mindreader.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def latents(n: int, z_dim: int, z_policy: str, seed: int) -> torch.Tensor:
+    if z_policy not in Z_POLICIES:
+        raise ValueError(f"unknown z policy '{z_policy}'; choose one of {Z_POLICIES}")
+    if z_policy == "zero":
+        return torch.zeros(n, z_dim)
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate_images(G, c: torch.Tensor, z_policy: str, seed: int, device, batch_size: int = 64) -> np.ndarray:
+    """uint8 (N, R, R, 3) images of G for conditions c (N, K, D), in the order of c."""
+    z = latents(c.shape[0], G.z_dim, z_policy, seed)
+    was_training = G.training
+    G.eval()
+    out = []
+    for start in range(0, c.shape[0], batch_size):
+        img = G(z[start : start + batch_size].to(device), c[start : start + batch_size].to(device), noise_mode="const")
+        out.append((img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    G.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+
+
+def reconstruct(run_folder, pred_test_files: list, output_h5, z_policy: str, seed: int, device, batch_size: int = 64) -> np.ndarray:
+    """Write ``output_h5`` (images uint8 (N, R, R, 3), nsd_id (N,) in the test order) and return
+    the images. Conditions: the normalised predictions of each condition's mapper."""
+    G, meta = load_generator(run_folder)
+    G.to(device)
+    nsd_id, pred = stack_predictions(pred_test_files)
+    if pred.shape[1] != G.n_conditions or pred.shape[2] != G.c_dim:
+        raise ValueError(
+            f"{run_folder}: generator takes {G.n_conditions} condition(s) of width {G.c_dim}, "
+            f"got {pred.shape[1]} x {pred.shape[2]} from {[str(p) for p in pred_test_files]}"
+        )
+    c = F.normalize(torch.from_numpy(pred), dim=-1)
+    images = generate_images(G, c, z_policy, seed, device, batch_size)
+    with atomic_path(output_h5) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("images", data=images, compression="gzip", chunks=(1, *images.shape[1:]))
+            f.create_dataset("nsd_id", data=nsd_id.astype(np.int64))
+            f.attrs["z_policy"] = z_policy
+            f.attrs["seed"] = seed
+            f.attrs["resolution"] = G.img_resolution
+            f.attrs["noise_mode"] = "const"
+            f.attrs["conditions"] = ",".join(meta.get("conditions", []))
+    log.info("wrote %d reconstructions (%dx%d) to %s", len(images), G.img_resolution, G.img_resolution, output_h5)
+    return images

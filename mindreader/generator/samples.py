@@ -1,0 +1,42 @@
+"""Sample grids written during training: real images above what G_ema draws from their conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mindreader.generator.data import TrainingSet
+from mindreader.generator.reconstruct import generate_images
+from mindreader.io import atomic_path
+
+
+def tile(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of (N, H, W, 3) uint8 images -> one (rows * H, N * W, 3) image."""
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+@torch.no_grad()
+def save_grid(path, G, data: TrainingSet, z_policy: str, device, mappers=None, seed: int = 0, n: int = 8, draws: int = 2) -> None:
+    """Row 1: the first ``n`` training images; then ``draws`` rows of G(z, c) with their clean
+    (unperturbed) conditions, z drawn per row from ``seed`` (or zero)."""
+    n = min(n, len(data))
+    idx = torch.arange(n)
+    if mappers is not None:
+        mappers.eval()
+        c = torch.stack([m(data.betas[idx].to(device)) for m in mappers], dim=1)
+        mappers.train()
+    else:
+        c = data.cond[idx, 0].to(device)
+    c = F.normalize(c, dim=-1)
+    real = data.images[data.image_index[idx]].permute(0, 2, 3, 1).numpy()
+    rows = [real] + [generate_images(G, c, z_policy, seed + r, device) for r in range(draws)]
+    write_png(path, tile(rows))

@@ -1,0 +1,102 @@
+"""Contrastive terms, perturbation, crops, EMA, and the phases of the Lafite objective."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mindreader.generator.conditioning import get_variant, perturb
+from mindreader.generator.distributed import StepRandom
+from mindreader.generator.loss import LafiteLoss, LossConfig, contra, random_crop_resize
+from mindreader.generator.training import ema_beta, update_ema
+from test_generator_networks import tiny_D, tiny_G
+
+torch.set_num_threads(1)
+
+
+def test_contra_against_direct_formula():
+    torch.manual_seed(0)
+    a, b, t = torch.randn(5, 7), torch.randn(5, 7), 0.5
+    total = 0.0
+    for i in range(5):
+        sims = [F.cosine_similarity(a[i], b[j], dim=0).item() / t for j in range(5)]
+        total += sims[i] - math.log(sum(math.exp(s) for s in sims))
+    assert contra(a, b, t).item() == pytest.approx(total / 5, abs=1e-5)
+    # Perfectly aligned, well separated pairs approach log(1) = 0 from below.
+    assert -0.01 < contra(torch.eye(5) * 3, torch.eye(5), 0.05).item() <= 0
+
+
+def test_perturbation_formula():
+    torch.manual_seed(0)
+    c, noise = torch.randn(4, 16) * 3, torch.randn(4, 16)
+    out = perturb(c, 0.25, noise)
+    e = noise / noise.norm(dim=1, keepdim=True)
+    expected = 0.25 * c / c.norm(dim=1, keepdim=True) + 0.75 * e
+    torch.testing.assert_close(out, expected / expected.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(perturb(c, 1.0, noise), F.normalize(c, dim=1))
+    with pytest.raises(ValueError):
+        perturb(c, 1.5, noise)
+
+
+def test_variants():
+    assert get_variant("img+cap").targets == ("img", "cap") and get_variant("img+cap").fusion == "max"
+    assert get_variant("cap").targets == ("cap",)
+    with pytest.raises(ValueError, match="unknown conditioning variant"):
+        get_variant("text")
+
+
+def test_crop_of_full_scale_is_identity_and_crops_move():
+    x = torch.rand(2, 3, 8, 8)
+    same = random_crop_resize(x, torch.ones(2), torch.rand(2, 2), 8)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=1e-5)
+    corner = random_crop_resize(x, torch.full((2,), 0.5), torch.zeros(2, 2), 4)
+    torch.testing.assert_close(corner, F.avg_pool2d(x[:, :, :4, :4], 1), atol=1e-5, rtol=1e-5)
+
+
+def test_ema_update_and_half_life():
+    G, G_ema = tiny_G(), tiny_G()
+    with torch.no_grad():
+        for p in G_ema.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in G_ema.parameters()]
+    update_ema(G_ema, G, 0.75)
+    for b, p, e in zip(before, G.parameters(), G_ema.parameters()):
+        torch.testing.assert_close(e, 0.75 * b + 0.25 * p)
+    # After ema_kimg worth of images the old weights count half.
+    beta = ema_beta(batch=32, cur_nimg=10**9, ema_kimg=10, ema_rampup=None)
+    assert beta ** (10_000 / 32) == pytest.approx(0.5)
+    assert ema_beta(32, 1000, 10, 0.05) < beta  # ramp-up: shorter half-life early
+
+
+def loss_and_batch(n_conditions=2, itc=True):
+    G, D = tiny_G(n_conditions=n_conditions), tiny_D(n_conditions=n_conditions)
+    torch.manual_seed(3)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 12))
+    cfg = LossConfig(signal_weight=0.9, r1_gamma=1.0, pl_batch_shrink=2)
+    loss = LafiteLoss(G, D, cfg, encoder if itc else None)
+    batch = {"real": torch.rand(4, 3, 16, 16) * 2 - 1, "cond": torch.randn(4, 3, n_conditions, 12)}
+    return loss, batch
+
+
+def test_phases_return_named_terms_and_finite_losses():
+    loss, batch = loss_and_batch()
+    for fn, group in ((loss.g_main, "G"), (loss.g_pl, "G"), (loss.d_main, "D"), (loss.d_r1, "D")):
+        losses, terms = fn(batch, StepRandom(0, 0, fn.__name__, torch.device("cpu")))
+        assert set(losses) == {group} and torch.isfinite(losses[group])
+        assert all(k.startswith(("Loss/", "Scores/")) for k in terms)
+    losses, terms = loss.g_main(batch, StepRandom(0, 0, "g", torch.device("cpu")))
+    assert {"Loss/G/adv", "Loss/G/itc/0", "Loss/G/itc/1", "Loss/G/itd/0", "Loss/G/itd/1"} <= set(terms)
+    # G's loss is the adversarial term minus each head's contrastive terms at half weight.
+    expected = terms["Loss/G/adv"] - 5 * sum(terms[f"Loss/G/{n}/{k}"] for n in ("itc", "itd") for k in (0, 1))
+    assert losses["G"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.pl_mean.item() > 0
+
+
+def test_same_step_randomness_gives_the_same_loss():
+    loss, batch = loss_and_batch(n_conditions=1, itc=False)
+    a, _ = loss.d_main(batch, StepRandom(7, 3, "Dmain", torch.device("cpu")))
+    b, _ = loss.d_main(batch, StepRandom(7, 3, "Dmain", torch.device("cpu")))
+    c, _ = loss.d_main(batch, StepRandom(7, 4, "Dmain", torch.device("cpu")))
+    assert a["D"].item() == b["D"].item() != c["D"].item()
