@@ -72,8 +72,17 @@ class MissingWeightsError(FileNotFoundError):
     """A weights file the config names is absent; the message says how to fetch it."""
 
 
-def fetch_command(name: str) -> str:
-    return f"snakemake --cores 1 fetch_weights --config 'fetch_weights=[\"{name}\"]'   # on a node with internet"
+def fetch_command(name: str, dest: str | os.PathLike | None = None) -> str:
+    """How to download registry entry ``name`` (to ``dest``), on a machine with internet.
+
+    The `fetch_weights` rule fetches every weights file the config names; the Python call
+    fetches this one file alone, to the path the config expects.
+    """
+    target = f", '{os.fspath(dest)}'" if dest is not None else ""
+    return (
+        "snakemake --cores 1 fetch_weights (add the --configfile you run with), on a machine with internet; "
+        f"or for this file alone: python -c \"from mindreader.weights import fetch; fetch('{name}'{target})\""
+    )
 
 
 def resolve(path: str | os.PathLike, sha256: str | None, name: str | None = None) -> Path:
@@ -83,7 +92,7 @@ def resolve(path: str | os.PathLike, sha256: str | None, name: str | None = None
     """
     path = Path(path)
     if not path.is_file():
-        how = f"Fetch it with: {fetch_command(name)}" if name else "Put the file there or point the config at it."
+        how = f"Fetch it with: {fetch_command(name, path)}" if name else "Put the file there or point the config at it."
         raise MissingWeightsError(f"weights file not found: {path} (expected {name or 'weights'} there). {how}")
     if sha256:
         actual = sha256_of(path)
@@ -107,3 +116,35 @@ def fetch(name: str, dest: str | os.PathLike | None = None) -> Path:
         if not actual.startswith(spec.sha256):
             raise ValueError(f"{spec.url}: downloaded file has sha256 {actual}, expected {spec.sha256}")
     return dest
+
+
+# CLIP: OpenAI's released TorchScript files. URLs and checksums as open_clip 3.3.0 lists them
+# (open_clip/pretrained.py, tag "openai"); OpenAI's URLs carry the file's sha256 in their path.
+# open_clip architecture to use with them: ViT-B-32-quickgelu / ViT-L-14-quickgelu.
+OPENAI_CLIP_PREPROCESS = {
+    "mean": (0.48145466, 0.4578275, 0.40821073),
+    "std": (0.26862954, 0.26130258, 0.27577711),
+    "image_size": 224,
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+register(
+    WeightsSpec(
+        name="clip-vit-b-32-openai",
+        url="https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+        sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+        filename="ViT-B-32.pt",
+        description="OpenAI CLIP ViT-B/32 (512-d): the paper's CLIP space (open_clip model ViT-B-32-quickgelu)",
+        preprocess=OPENAI_CLIP_PREPROCESS,
+    )
+)
+register(
+    WeightsSpec(
+        name="clip-vit-l-14-openai",
+        url="https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+        filename="ViT-L-14.pt",
+        description="OpenAI CLIP ViT-L/14 (768-d): the evaluation battery's CLIP (open_clip model ViT-L-14-quickgelu)",
+        preprocess=OPENAI_CLIP_PREPROCESS,
+    )
+)
