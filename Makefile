@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install demo test lint dryrun clean
+.PHONY: install demo test lint dryrun clean install-profile
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
+
+# Workflow hygiene: Snakemake's linter (exit 1 on any lint) and the Snakefile formatter.
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --workflow-profile none
+	$(BIN)/snakefmt --check .
+
+# `snakemake --profile slurm` looks profiles up by name in Snakemake's user config folder: copy
+# ours there, filling in the cluster's names where given, e.g.
+# `make install-profile SLURM_ACCOUNT=mylab SLURM_PARTITION=cpu SLURM_GPU_PARTITION=gpu`.
+# Left empty, jobs go to the cluster's default partition and the plugin guesses the account.
+PROFILE_DEST ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+install-profile:
+	mkdir -p $(PROFILE_DEST)
+	sed -e '' $(if $(SLURM_ACCOUNT),-e 's|^  # slurm_account: <account>|  slurm_account: $(SLURM_ACCOUNT)|') \
+	    $(if $(SLURM_PARTITION),-e 's|^  # slurm_partition: <partition>|  slurm_partition: $(SLURM_PARTITION)|') \
+	    $(if $(SLURM_GPU_PARTITION),-e 's|^    # slurm_partition: <gpu-partition>|    slurm_partition: $(SLURM_GPU_PARTITION)|') \
+	    profiles/slurm/config.yaml > $(PROFILE_DEST)/config.yaml
+	@echo "Installed $(PROFILE_DEST)/config.yaml: run \`snakemake --profile slurm --configfile config/nsd.yaml\`."
 
 clean:
 	rm -rf results .snakemake
