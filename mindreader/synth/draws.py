@@ -2,7 +2,7 @@
 
 NumPy's Generator costs microseconds per scalar call; scenes and captions make tens of choices
 per image, so they draw from a block of uniforms generated ahead by NumPy instead. Same seed,
-same sequence, on any machine.
+same sequence (with the pinned NumPy).
 """
 
 from __future__ import annotations
