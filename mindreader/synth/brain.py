@@ -190,12 +190,16 @@ def session_betas(rng: np.random.Generator, brain: Brain, signal: np.ndarray, sn
     n_brain = len(brain.amplitude)
     offset = rng.normal(0, SESSION_OFFSET_SD, n_brain)
     gain = 1 + rng.normal(0, SESSION_GAIN_SD, n_brain)
-    shared = rng.standard_normal((n_trials, SHARED_NOISE_COMPONENTS)) @ brain.noise_loadings.T
-    own = rng.standard_normal((n_trials, n_brain))
-    noise = np.sqrt(1 / snr) * (np.sqrt(SHARED_NOISE_FRACTION) * shared + np.sqrt(1 - SHARED_NOISE_FRACTION) * own)
-    response = brain.mean + offset + noise
-    response[:, brain.roi_in_brain] += gain[brain.roi_in_brain] * signal
-    betas = np.clip(np.rint(brain.amplitude * response * BETA_SCALE), -32768, 32767).astype(np.int16)
+    # float32 from here: the noise is most of the work, and int16 betas need no more precision
+    shared = rng.standard_normal((n_trials, SHARED_NOISE_COMPONENTS), dtype=np.float32) @ brain.noise_loadings.T.astype(np.float32)
+    response = rng.standard_normal((n_trials, n_brain), dtype=np.float32)
+    response *= np.float32(np.sqrt((1 - SHARED_NOISE_FRACTION) / snr))
+    response += np.float32(np.sqrt(SHARED_NOISE_FRACTION / snr)) * shared
+    response += (brain.mean + offset).astype(np.float32)
+    roi = brain.roi_in_brain
+    response[:, roi] += (gain[roi] * signal).astype(np.float32)
+    response *= (brain.amplitude * BETA_SCALE).astype(np.float32)
+    betas = np.clip(np.rint(response), -32768, 32767).astype(np.int16)
     volume = np.zeros((brain.mask.size, n_trials), dtype=np.int16)
     volume[brain.brain_flat] = betas.T
     return volume.reshape(*brain.mask.shape, n_trials)

@@ -8,6 +8,7 @@ captions with their flaw labels), so tests and people can check what the workflo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mindreader import nsd_write
-from mindreader.io import write_json
+from mindreader.io import atomic_path, write_json
 from mindreader.nsd_paths import BETAS_FORMATS, subject_number
 from mindreader.synth.brain import make_brain, pooled_pixels, scene_features, session_betas, stimulus_signal
 from mindreader.synth.captions import caption_scene
@@ -91,7 +92,7 @@ def clear_previous_tree(root: Path) -> None:
         shutil.rmtree(root / folder, ignore_errors=True)
 
 
-def write_captions(root: Path, spec: SyntheticSpec, scenes: list[Scene], coco_ids: np.ndarray,
+def write_coco_captions(root: Path, spec: SyntheticSpec, scenes: list[Scene], coco_ids: np.ndarray,
                    coco_splits: np.ndarray) -> list[list[dict]]:
     """Write both COCO caption files; return every image's captions as [{caption, flaw}, ...]."""
     draws = Draws(_rng(spec, "captions"))
@@ -154,14 +155,14 @@ def write_synthetic_nsd(root: str | os.PathLike, spec: SyntheticSpec, subjects: 
     scenes = sample_scenes(Draws(_rng(spec, "scenes")), design.n_images)
     images = draw_scenes(scenes, spec.image_side)
     nsd_write.write_stimuli(root, images)
-    captions = write_captions(root, spec, scenes, coco_ids, coco_splits)
-    write_json(
-        root / SCENES_RELPATH,
-        [
-            {"nsdId": i, "cocoId": int(coco_ids[i]), "cocoSplit": str(coco_splits[i]), **scene.to_dict(), "captions": captions[i]}
-            for i, scene in enumerate(scenes)
-        ],
-    )
+    captions = write_coco_captions(root, spec, scenes, coco_ids, coco_splits)
+    scene_records = [
+        {"nsdId": i, "cocoId": int(coco_ids[i]), "cocoSplit": str(coco_splits[i]), **scene.to_dict(), "captions": captions[i]}
+        for i, scene in enumerate(scenes)
+    ]
+    with atomic_path(root / SCENES_RELPATH) as tmp:
+        # one image per line: readable, and far faster to write than indented JSON
+        tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in scene_records) + "\n]\n")
     log.info("stimuli: %d scenes at %d px with %d captions each", len(scenes), spec.image_side, spec.captions_per_image)
 
     low_features = pooled_pixels(images)
