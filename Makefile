@@ -35,9 +35,9 @@ lint: $(STAMP)
 PROFILE_DEST ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
 install-profile:
 	mkdir -p $(PROFILE_DEST)
-	sed -e '' $(if $(SLURM_ACCOUNT),-e 's|^  # slurm_account: <account>|  slurm_account: $(SLURM_ACCOUNT)|') \
-	    $(if $(SLURM_PARTITION),-e 's|^  # slurm_partition: <partition>|  slurm_partition: $(SLURM_PARTITION)|') \
-	    $(if $(SLURM_GPU_PARTITION),-e 's|^    # slurm_partition: <gpu-partition>|    slurm_partition: $(SLURM_GPU_PARTITION)|') \
+	sed -e 's|^  slurm_account: ""|  slurm_account: "$(SLURM_ACCOUNT)"|' \
+	    -e 's|^  slurm_partition: ""|  slurm_partition: "$(SLURM_PARTITION)"|' \
+	    -e 's|&gpu_partition ""|\&gpu_partition "$(SLURM_GPU_PARTITION)"|' \
 	    profiles/slurm/config.yaml > $(PROFILE_DEST)/config.yaml
 	@echo "Installed $(PROFILE_DEST)/config.yaml: run \`snakemake --profile slurm --configfile config/nsd.yaml\`."
 
