@@ -1,0 +1,127 @@
+"""Evaluation of one reconstruction run: ground truth vs reconstructions, every metric with its
+bootstrap 95 % CI, written as the run's metrics JSON plus a per-image CSV (aligned by nsdId)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from mindreader.evaluation.battery import METRICS, BatteryConfig, FeatureSource, evaluate_images
+from mindreader.evaluation.networks import FID_NETWORK, SPECS, load_network
+from mindreader.io import atomic_path, write_json
+from mindreader.weights import MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+
+def battery_config(eval_cfg: Mapping[str, Any], seed: int) -> BatteryConfig:
+    return BatteryConfig(
+        n_boot=int(eval_cfg["bootstrap"]),
+        n_boot_fd=int(eval_cfg["bootstrap_fd"]),
+        batch_size=int(eval_cfg["batch_size"]),
+        image_side=int(eval_cfg["image_side"]),
+        retrieval_pool=int(eval_cfg["retrieval_pool"]),
+        retrieval_draws=int(eval_cfg["retrieval_draws"]),
+        seed=int(seed),
+    )
+
+
+def load_sources(
+    eval_cfg: Mapping[str, Any], clip_cfg: Mapping[str, Any], device: torch.device
+) -> tuple[dict[str, FeatureSource], dict[str, str], dict[str, str]]:
+    """The feature sources whose weights are present; for the others, why not.
+
+    Returns (sources, unavailable feature -> reason, network -> what it is or why missing).
+    """
+    from mindreader.clip import load_clip
+
+    sources: dict[str, FeatureSource] = {}
+    unavailable: dict[str, str] = {}
+    networks: dict[str, str] = {}
+    features_of = {FID_NETWORK: ["fid"], **{name: list(spec.nodes) for name, spec in SPECS.items()}}
+    for name, features in features_of.items():
+        net, reason = load_network(name, eval_cfg["networks"][name], device)
+        if net is None:
+            log.warning("%s: metrics %s will be missing: %s", name, features, reason)
+            unavailable.update({f: reason for f in features})
+            networks[name] = f"missing: {reason}"
+        else:
+            sources[name] = net
+            networks[name] = "loaded"
+    try:
+        clip = load_clip(eval_cfg.get("clip") or clip_cfg, device)
+    except MissingWeightsError as err:
+        unavailable["clip"] = str(err)
+        networks["clip"] = f"missing: {err}"
+    else:
+        sources["clip"] = lambda x: {"clip": clip.encode_images(x)}
+        networks["clip"] = f"loaded: {clip.name}"
+    return sources, unavailable, networks
+
+
+def read_reconstructions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images uint8 (N, H, W, 3), nsd_id (N,), attrs) of a reconstructions file."""
+    with h5py.File(path, "r") as f:
+        for key in ("images", "nsd_id"):
+            if key not in f:
+                raise ValueError(f"{path}: no dataset '{key}' (expected images and nsd_id)")
+        images, nsd_id = f["images"][()], f["nsd_id"][()].astype(np.int64)
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    if len(nsd_id) != len(images):
+        raise ValueError(f"{path}: {len(images)} images but {len(nsd_id)} nsd_id")
+    return images, nsd_id, attrs
+
+
+def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, target) float (N, D) of a mapper's pred_test.h5."""
+    with h5py.File(path, "r") as f:
+        for key in ("pred", "target"):
+            if key not in f:
+                raise ValueError(f"{path}: no dataset '{key}' (expected nsd_id, pred, target)")
+        return f["pred"][()], f["target"][()]
+
+
+def evaluate_run(
+    reconstructions: str | os.PathLike,  # reconstructions/{subject}/.../{strategy}.h5
+    ground_truth: np.ndarray,  # uint8 (N, H, W, 3) test images in the file's nsd_id order
+    prediction_files: Mapping[str, str | os.PathLike],  # mapper target (img | cap) -> pred_test.h5
+    sources: Mapping[str, FeatureSource],
+    unavailable: Mapping[str, str],
+    cfg: BatteryConfig,
+    device: torch.device,
+) -> tuple[dict, pd.DataFrame]:
+    """The run's metrics (value, ci95 or missing) and a per-image table."""
+    rec, nsd_id, attrs = read_reconstructions(reconstructions)
+    if ground_truth.shape[0] != rec.shape[0]:
+        raise ValueError(f"{reconstructions}: {rec.shape[0]} reconstructions but {ground_truth.shape[0]} ground-truth images")
+    predictions = {target: read_predictions(path) for target, path in prediction_files.items()}
+    results = evaluate_images(ground_truth, rec, sources, unavailable, predictions, cfg, device)
+    per_image = pd.DataFrame({"nsd_id": nsd_id})
+    for key, result in results.items():
+        if "per_image" in result:
+            per_image[key] = result.pop("per_image")
+    summary = {
+        "n_images": int(rec.shape[0]),
+        "reconstruction": {"resolution": int(rec.shape[1]), **attrs},
+        "metrics": results,
+        "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": "percentile, 95 %"},
+        "image_side": cfg.image_side,
+        "directions": {m.key: ("higher" if m.higher_is_better else "lower") + " is better" for m in METRICS},
+    }
+    return summary, per_image
+
+
+def write_run(summary: dict, per_image: pd.DataFrame, json_path: str | os.PathLike, csv_path: str | os.PathLike) -> None:
+    write_json(json_path, summary)
+    with atomic_path(csv_path) as tmp:
+        per_image.to_csv(tmp, index=False, float_format="%.6g")
+    log.info("wrote %s and %s", json_path, Path(csv_path).name)
