@@ -148,3 +148,50 @@ register(
         preprocess=OPENAI_CLIP_PREPROCESS,
     )
 )
+
+# Evaluation battery (mindreader.evaluation.networks). Torch-hub file names end in the first
+# 8 hex digits of the file's sha256, which torch.hub checks; the URLs are the ones torchvision
+# 0.29.1 (models/alexnet.py, inception.py, efficientnet.py) and pytorch-fid 0.3.0
+# (inception.py, FID_WEIGHTS_URL) download from. SwAV's release file carries no checksum, so it
+# has no entry: evaluation.networks.swav.sha256 must be set by whoever verified the file.
+IMAGENET_PREPROCESS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+register(
+    WeightsSpec(
+        name="inception_fid",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        sha256="6726825d",
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        description="InceptionV3 with TensorFlow's 2015-12-05 FID weights (pytorch-fid): FID pool features",
+        preprocess={"image_size": 299, "range": "[-1, 1] (scaled inside the network)"},
+    )
+)
+register(
+    WeightsSpec(
+        name="alexnet",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        sha256="7be5be79",
+        filename="alexnet-owt-7be5be79.pth",
+        description="torchvision AlexNet (IMAGENET1K_V1): AlexNet(2)/(5) two-way identification",
+        preprocess={**IMAGENET_PREPROCESS, "image_size": 256},
+    )
+)
+register(
+    WeightsSpec(
+        name="inception_v3",
+        url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        sha256="0cc3c7bd",
+        filename="inception_v3_google-0cc3c7bd.pth",
+        description="torchvision Inception v3 (IMAGENET1K_V1): Inception two-way identification",
+        preprocess={**IMAGENET_PREPROCESS, "image_size": 342},
+    )
+)
+register(
+    WeightsSpec(
+        name="efficientnet_b1",
+        url="https://download.pytorch.org/models/efficientnet_b1-c27df63c.pth",
+        sha256="c27df63c",
+        filename="efficientnet_b1-c27df63c.pth",
+        description="torchvision EfficientNet-B1 (IMAGENET1K_V2, torchvision's DEFAULT): EffNet-B distance",
+        preprocess={**IMAGENET_PREPROCESS, "image_size": 255},
+    )
+)
