@@ -27,7 +27,8 @@ def clip_model_files():
 
 def configured_weights(cfg):
     """Every weights file the config names: each section with `weights_name` and `weights`
-    keys (a section that trains its own network instead, `train_demo: true`, names none)."""
+    keys (a section that trains its own network instead, `train_demo: true`, names none).
+    """
     found = []
     if isinstance(cfg, dict):
         if cfg.get("weights_name") and cfg.get("weights") and not cfg.get("train_demo"):
@@ -43,14 +44,23 @@ def configured_weights(cfg):
     return found
 
 
-# Nothing downloads while the workflow runs: say how to fetch what is missing before the DAG fails.
-for _entry in configured_weights(config):
-    if not os.path.isfile(_entry["path"]):
-        print(
-            f"Weights '{_entry['name']}' not found at {_entry['path']}: fetch them with "
-            f"`snakemake --cores 1 fetch_weights` (same --configfile) on a machine with internet.",
-            file=sys.stderr,
-        )
+def missing_weights_message(cfg):
+    """None, or which configured weights files are absent and how to fetch them (nothing
+    downloads while the workflow runs, so say it before a rule fails for want of one).
+    """
+    missing = [w for w in configured_weights(cfg) if not os.path.isfile(w["path"])]
+    if not missing:
+        return None
+    listed = ", ".join("%s (%s)" % (w["name"], w["path"]) for w in missing)
+    return (
+        "Pretrained weights not present (rules that need them cannot run): %s. Fetch them with "
+        "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet."
+        % listed
+    )
+
+
+if missing_weights_message(config):
+    print(missing_weights_message(config), file=sys.stderr)
 
 
 if CLIP["train_demo"]:
@@ -118,9 +128,9 @@ localrules:
 # No outputs on purpose: it runs only when asked for (`snakemake fetch_weights`), never as a
 # dependency of a rule on a compute node without internet.
 rule fetch_weights:
-    params:
-        entries=configured_weights(config),
     log:
         "results/logs/fetch_weights.log",
+    params:
+        entries=configured_weights(config),
     script:
         "../scripts/fetch_weights.py"
