@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, tiny_config
@@ -16,6 +17,7 @@ from conftest import REPO, tiny_config
 from mindreader.nsd import NSD, betas_relpath, mask_relpath
 from mindreader.prepare import PrepareOptions, prepare_subject
 from mindreader.synth import MARKER_NAME, SCENES_RELPATH, Scene, SyntheticSpec, draw_scene, scene_features, write_synthetic_nsd
+from mindreader.synth.brain import pooled_pixels
 from mindreader.synth.captions import COLOUR_WORDS, KIND_WORDS
 from mindreader.synth.scenes import COLOURS, KINDS
 
@@ -90,6 +92,9 @@ def test_masks_and_betas_read_back_in_both_formats(tiny_tree):
         assert (volume[raw < 0] == 0).all(), "betas outside the brain must be 0"
         assert (volume[raw == 0] != 0).mean() > 0.9, "brain voxels outside the ROI carry noise"
     assert n_roi[0] != n_roi[1], "each subject has its own ROI"
+    voxels = pd.read_csv(tiny_tree / "synthetic" / "subj01_voxels.csv")
+    np.testing.assert_array_equal(voxels[["x", "y", "z"]].to_numpy(), nsd.mask("subj01").voxel_xyz)
+    assert voxels["reliability"].mean() == pytest.approx(1.0, abs=0.25)
 
 
 def test_images_and_captions_match_the_scenes(tiny_tree):
@@ -215,14 +220,19 @@ def test_demo_brain_signal_is_learnable_from_prepared_betas(tmp_path):
     write_synthetic_nsd(root, SyntheticSpec.from_config(demo["synthetic"]), ["subj01"])
     options = PrepareOptions.from_config({**demo["prepare"], "train_repeats": "average"})
     prepare_subject(NSD(root), "subj01", options, tmp_path / "subj01.h5")
-    features = scene_features([Scene.from_dict(s) for s in load_scenes(root)])
+    nsd = NSD(root)
+    high_level = scene_features([Scene.from_dict(s) for s in load_scenes(root)])
+    low_level = pooled_pixels(nsd.read_images(np.arange(nsd.n_images)))
     with h5py.File(tmp_path / "subj01.h5") as h5:
         x_train, x_test = h5["train/betas"][:], h5["test/betas"][:]
-        y_train, y_test = features[h5["train/nsd_id"][:]], features[h5["test/nsd_id"][:]]
+        train_ids, test_ids = h5["train/nsd_id"][:], h5["test/nsd_id"][:]
     assert len(x_test) == demo["synthetic"]["n_shared"]
     penalty = float(x_train.shape[1])
-    real = _ridge_test_correlation(x_train, y_train, x_test, y_test, penalty)
-    shuffled = _ridge_test_correlation(x_train, y_train[np.random.default_rng(0).permutation(len(y_train))], x_test, y_test, penalty)
-    print(f"held-out correlation: real {real:.3f}, shuffled {shuffled:.3f}")
-    assert real > 0.7, real
-    assert shuffled < 0.2, shuffled
+    shuffle = np.random.default_rng(0).permutation(len(train_ids))
+    for name, features, floor in (("high-level", high_level, 0.7), ("pooled pixels", low_level, 0.5)):
+        y_train, y_test = features[train_ids], features[test_ids]
+        real = _ridge_test_correlation(x_train, y_train, x_test, y_test, penalty)
+        shuffled = _ridge_test_correlation(x_train, y_train[shuffle], x_test, y_test, penalty)
+        print(f"{name}: held-out correlation {real:.3f}, shuffled control {shuffled:.3f}")
+        assert real > floor, (name, real)
+        assert shuffled < 0.2, (name, shuffled)

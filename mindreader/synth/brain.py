@@ -7,9 +7,10 @@ ROI voxel responds to a fixed random mix of
   place in the ROI, as retinotopic maps do) and a colour tuning;
 - high-level features of the scene: counts of each shape kind and colour and the shape count.
 Posterior voxels lean low-level with small receptive fields, anterior ones high-level with large
-ones. Responses are in units where the stimulus-driven signal has unit variance over the
-subject's images; each trial adds noise of variance 1/snr (part of it shared across voxels, as
-real fMRI noise is), and each session shifts every voxel's mean and gain. Voxels outside the ROI
+ones. Responses are in units of trial noise x sqrt(snr): each trial adds noise of variance 1/snr
+(part of it shared across voxels, as real fMRI noise is) to a stimulus-driven signal whose
+variance over the subject's images is the voxel's reliability (mean 1), so a voxel's SNR is
+snr x reliability. Each session shifts every voxel's mean and gain. Voxels outside the ROI
 carry noise only. Betas are percent signal change x 300 as int16, 0 outside the brain.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.ndimage import gaussian_filter
 
 from mindreader.synth.scenes import COLOURS, KINDS, MAX_SHAPES, Scene
@@ -171,6 +173,19 @@ class Brain:
     def roi_in_brain(self) -> np.ndarray:
         """Positions of the ROI voxels among the brain voxels."""
         return np.flatnonzero(self.mask.ravel()[self.brain_flat] > 0)
+
+    def voxel_table(self) -> pd.DataFrame:
+        """One row per ROI voxel in canonical order: its (x, y, z) and what it responds to."""
+        xyz = np.argwhere(self.mask > 0)
+        t = self.tuning
+        return pd.DataFrame(
+            {
+                "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+                "low_share": t.low_share, "reliability": t.reliability,
+                "prf_x": t.prf_centre[:, 0], "prf_y": t.prf_centre[:, 1], "prf_size": t.prf_size,
+                "amplitude_psc": self.amplitude[self.roi_in_brain],
+            }
+        )
 
 
 def make_brain(rng: np.random.Generator, volume_shape: tuple[int, int, int], roi_voxels: int, n_high: int) -> Brain:

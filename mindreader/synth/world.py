@@ -2,8 +2,10 @@
 
 Everything goes through `mindreader.nsd_write`, so the tree has the real NSD layout and the same
 reader serves both. Besides the NSD files, `synthetic/` holds what only a synthetic world can
-offer: `world.json` (the parameters, written first) and `scenes.json` (every image's scene and
-captions with their flaw labels), so tests and people can check what the workflow recovers.
+offer: `world.json` (the parameters, written first), `scenes.json` (every image's scene and
+captions with their flaw labels) and `{subject}_voxels.csv` (each ROI voxel's tuning: low- vs
+high-level share, reliability, receptive field), so tests and people can check what the
+workflow recovers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 MARKER_NAME = ".synthetic_complete.json"
 WORLD_RELPATH = "synthetic/world.json"
 SCENES_RELPATH = "synthetic/scenes.json"
+VOXELS_RELPATH = "synthetic/{subject}_voxels.csv"
 # Top-level folders a synthetic tree consists of; rewriting a tree removes them first.
 OWNED_FOLDERS = ("nsddata", "nsddata_betas", "nsddata_stimuli", "synthetic")
 
@@ -117,6 +120,8 @@ def write_subject(root: Path, spec: SyntheticSpec, subject: str, design, low_fea
     number = subject_number(subject)
     brain = make_brain(_rng(spec, "brain", number), spec.volume_shape, spec.roi_voxels, high_features.shape[1])
     nsd_write.write_mask(root, subject, brain.mask)
+    with atomic_path(root / VOXELS_RELPATH.format(subject=subject)) as tmp:
+        brain.voxel_table().to_csv(tmp, index=False, float_format="%.5g")
     slot_ids = design.subjectim[number - 1]
     slot_signal = stimulus_signal(brain.tuning, low_features[slot_ids], high_features[slot_ids])
     per_session = spec.trials_per_session
