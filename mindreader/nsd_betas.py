@@ -18,6 +18,8 @@ import numpy as np
 
 # Compressed bytes read from disk per step: large enough that zlib's per-call overhead vanishes.
 READ_BLOCK_BYTES = 4 << 20
+# Most decompressed bytes produced by one zlib call.
+MAX_PIECE_BYTES = 8 << 20
 
 
 class NSDFormatError(ValueError):
@@ -189,26 +191,32 @@ def _decompressed_range(path: Path, offset: int, length: int) -> Iterator[memory
     """Bytes offset..offset+length of a gzip file's content, in pieces, then check that the stream
     ends intact (the gzip CRC). Raises NSDFormatError on a damaged or short file."""
     position, wanted_end = 0, offset + length
-    decompressor = zlib.decompressobj(wbits=31)
-    try:
-        with open(path, "rb") as handle:
-            while True:
-                block = handle.read(READ_BLOCK_BYTES)
-                if not block:
-                    break
-                while block:
-                    if decompressor.eof:  # a file of several gzip members: the next one begins
-                        decompressor = zlib.decompressobj(wbits=31)
-                    data = memoryview(decompressor.decompress(block))
-                    begin, end = max(offset - position, 0), min(wanted_end - position, len(data))
-                    if begin < end:
-                        yield data[begin:end]
-                    position += len(data)
-                    block = decompressor.unused_data
-    except zlib.error as err:
-        raise NSDFormatError(f"{path}: damaged gzip data ({err})") from err
-    if position < wanted_end or not decompressor.eof:
+    for data in _decompressed_pieces(path):
+        begin, end = max(offset - position, 0), min(wanted_end - position, len(data))
+        if begin < end:
+            yield data[begin:end]
+        position += len(data)
+    if position < wanted_end:
         raise NSDFormatError(
             f"{path}: truncated: expected {length} bytes of betas after a {offset}-byte header, "
             f"the file holds {max(position - offset, 0)}"
         )
+
+
+def _decompressed_pieces(path: Path) -> Iterator[memoryview]:
+    """The whole decompressed content of a gzip file, front to back, in pieces of bounded size."""
+    decompressor = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(READ_BLOCK_BYTES):
+                while block:
+                    if decompressor.eof:  # a file of several gzip members: the next one begins
+                        decompressor = zlib.decompressobj(wbits=31)
+                    # bounded output: runs of zeros outside the brain expand a thousandfold
+                    yield memoryview(decompressor.decompress(block, MAX_PIECE_BYTES))
+                    block = decompressor.unconsumed_tail or decompressor.unused_data
+        yield memoryview(decompressor.flush())
+    except zlib.error as err:
+        raise NSDFormatError(f"{path}: damaged gzip data ({err})") from err
+    if not decompressor.eof:
+        raise NSDFormatError(f"{path}: truncated: the gzip stream ends early")
