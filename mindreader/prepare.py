@@ -99,17 +99,24 @@ def plan_part(name: str, trials: pd.DataFrame, average: bool) -> Part:
     """Output rows of ``trials``: averaged samples by ascending nsdId, single trials by ascending
     global trial."""
     trials = trials.sort_values("trial")
+    trial, nsd_id = trials["trial"].to_numpy(np.int64), trials["nsd_id"].to_numpy(np.int64)
     if average:
-        nsd_id, row, counts = np.unique(trials["nsd_id"].to_numpy(), return_inverse=True, return_counts=True)
-        return Part(name, True, nsd_id, np.full(len(nsd_id), -1, np.int64), pd.Series(row, trials["trial"].to_numpy()), counts)
-    n = len(trials)
+        ids, row, counts = np.unique(nsd_id, return_inverse=True, return_counts=True)
+        return Part(
+            name=name,
+            average=True,
+            nsd_id=ids,
+            trial=np.full(len(ids), -1, np.int64),
+            row_of_trial=pd.Series(row, index=trial),
+            counts=counts,
+        )
     return Part(
-        name,
-        False,
-        trials["nsd_id"].to_numpy(np.int64),
-        trials["trial"].to_numpy(np.int64),
-        pd.Series(np.arange(n), trials["trial"].to_numpy()),
-        np.ones(n, np.int64),
+        name=name,
+        average=False,
+        nsd_id=nsd_id,
+        trial=trial,
+        row_of_trial=pd.Series(np.arange(len(trial)), index=trial),
+        counts=np.ones(len(trial), np.int64),
     )
 
 
