@@ -55,6 +55,8 @@ rule prepare_subject:
         "results/benchmarks/prepare_subject/{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        # measured: ~0.2 GB for one full-size session; a real subject adds its averaged samples
+        # (~0.06 GB for the test set, ~0.55 GB more with train_repeats: average)
+        mem_mb=2000,
     script:
         "../scripts/prepare_subject.py"
