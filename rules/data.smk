@@ -13,17 +13,19 @@ if SYNTHETIC:
     rule synthesize_nsd:
         output:
             marker=SYNTHETIC_MARKER,
-        params:
-            # a change of the synthetic world or of the subjects rewrites the tree
-            synthetic=config["synthetic"],
-            subjects=SUBJECTS,
         log:
             "results/logs/synthesize_nsd.log",
         benchmark:
             "results/benchmarks/synthesize_nsd.tsv"
+        conda:
+            "../envs/data.yaml"
         threads: 1
         resources:
             mem_mb=1000,
+        params:
+            # a change of the synthetic world or of the subjects rewrites the tree
+            synthetic=config["synthetic"],
+            subjects=SUBJECTS,
         script:
             "../scripts/synthesize_nsd.py"
 
