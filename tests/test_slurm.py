@@ -62,5 +62,5 @@ def test_prepare_stage_runs_as_slurm_jobs(slurm_cluster, tmp_path):
         assert prepared["train/betas"].shape[0] > 0 and prepared["test/betas"].shape[0] > 0
     jobs = [job for job in slurm_jobs() if job["id"] not in before]
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
-    rules = {job["comment"].split()[0].removeprefix("rule_") for job in jobs}
+    rules = {job["comment"].removeprefix("rule_").split("_wildcards_")[0] for job in jobs}
     assert {"synthesize_nsd", "prepare_subject"} <= rules, jobs
