@@ -1,1 +1,44 @@
-# (stage rules: mappers)
+# Mappers: one job per results/mappers/{subject}/{mapper}/{loss}/{target}/ folder, trained on
+# the prepared subject's training samples against the CLIP image (img) or caption (cap) targets.
+# Checkpoints live under results/checkpoints/mappers/ (not outputs: a failed or preempted job
+# keeps them, and the rerun resumes).
+from mindreader.mappers.pipeline import OUTPUT_FILES
+
+MAPPER_CFG = config["mappers"]
+MAPPER_DIR = "results/mappers/{subject}/{mapper}/{loss}/{target}"
+CLIP_TARGET_FILES = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
+
+
+def mapper_targets():
+    """metrics.json of every mapper folder the runs of evaluation_runs() need (targets img and cap)."""
+    folders = {
+        MAPPER_DIR.format(subject=run["subject"], mapper=run["mapper"], loss=run["loss"], target=target)
+        for run in evaluation_runs()
+        for target in CLIP_TARGET_FILES
+    }
+    return sorted(f"{folder}/metrics.json" for folder in folders)
+
+
+rule train_mapper:
+    input:
+        prepared="results/prepared/{subject}.h5",
+        clip=lambda w: CLIP_TARGET_FILES[w.target],
+    output:
+        **{name.replace(".", "_"): f"{MAPPER_DIR}/{name}" for name in OUTPUT_FILES},
+    wildcard_constraints:
+        mapper="cnn|ridge|mlp",
+        loss="mse|cos|mse_cos|contrastive|mse_cos_contrastive",
+        target="img|cap",
+    params:
+        checkpoint_dir=lambda w: "results/checkpoints/mappers/{subject}/{mapper}/{loss}/{target}".format(**dict(w.items())),
+    log:
+        "results/logs/mappers/{subject}/{mapper}/{loss}/{target}.log",
+    benchmark:
+        "results/benchmarks/mappers/{subject}/{mapper}/{loss}/{target}.tsv"
+    threads: MAPPER_CFG["threads"]
+    resources:
+        gpu=lambda w: 0 if w.mapper == "ridge" else MAPPER_CFG["gpus"],
+        mem_mb=MAPPER_CFG["mem_mb"],
+        runtime=lambda w, attempt: MAPPER_CFG["runtime"] * attempt,
+    script:
+        "../scripts/train_mapper.py"

@@ -180,10 +180,10 @@ def train_network(
                 if state.step % tc.checkpoint_every == 0:
                     checkpointer.save(state, best)
 
-            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / state.count for k, v in state.sums.items()}}
+            row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / state.count for k, v in sorted(state.sums.items())}}
             if len(val_idx):
                 val_terms = evaluate_loss(model, x[val_idx], y[row_of[val_idx]], loss, cfg, batch_size)
-                row.update({f"val_{k}": v for k, v in val_terms.items()})
+                row.update({f"val_{k}": v for k, v in sorted(val_terms.items())})
                 if state.best_val is None or val_terms["loss"] < state.best_val:
                     state.best_val = val_terms["loss"]
                     state.best_epoch = epoch + 1

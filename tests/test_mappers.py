@@ -1,0 +1,336 @@
+"""Unit tests of the mappers: architecture, losses against direct formulas, ridge against NumPy
+normal equations, retrieval against brute force, the pipeline on tiny files, and exact resume
+after SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, tiny_config
+from safetensors.torch import load_file
+
+from mindreader.checkpoint import EXIT_INTERRUPTED
+from mindreader.mappers import (
+    FmriClipRes,
+    LinearMapper,
+    ResidualMLP,
+    build_mapper,
+    embedding_metrics,
+    fit_ridge,
+    load_mapper,
+    mapper_loss,
+    save_mapper,
+)
+from mindreader.mappers.data import read_clip_targets, validation_mask
+from mindreader.mappers.models import architecture
+from mindreader.mappers.pipeline import OUTPUT_FILES, run_mapper
+
+torch.set_num_threads(1)
+CFG = tiny_config()["mappers"]
+
+
+def paper_cfg() -> dict:
+    return {**CFG, "cnn": {"hidden": 64, "blocks": 4, "head_hidden": 128, "pad_multiple": 32}}
+
+
+def write_tiny_subject(folder, n_voxels=120, embed_dim=16, n_images=90, n_test=20, repeats=3, noise=1.0, seed=0,
+                       n_aug=0):
+    """A prepared subject whose betas are a fixed linear map of the CLIP targets plus noise, and
+    its CLIP file; returns (prepared path, clip path)."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(73000, n_images, replace=False))
+    emb = rng.standard_normal((n_images, embed_dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    encoding = rng.standard_normal((embed_dim, n_voxels)).astype(np.float32)
+    test_ids, train_ids = ids[:n_test], np.sort(np.repeat(ids[n_test:], repeats))
+
+    def betas(sample_ids, scale):
+        rows = np.searchsorted(ids, sample_ids)
+        return (emb[rows] @ encoding + scale * rng.standard_normal((len(sample_ids), n_voxels))).astype(np.float32)
+
+    prepared, clip = folder / "prepared.h5", folder / "clip.h5"
+    with h5py.File(prepared, "w") as f:
+        f["train/betas"], f["train/nsd_id"] = betas(train_ids, noise), train_ids
+        f["test/betas"], f["test/nsd_id"] = betas(test_ids, noise / math.sqrt(repeats)), test_ids
+        f.attrs["split"] = "shared1000"
+    with h5py.File(clip, "w") as f:
+        f["nsd_id"], f["target"] = ids, emb
+        if n_aug:
+            aug = emb[:, None, :] + 0.05 * rng.standard_normal((n_images, n_aug, embed_dim)).astype(np.float32)
+            f["aug_target"] = aug / np.linalg.norm(aug, axis=2, keepdims=True)
+    return prepared, clip
+
+
+# --- architectures ------------------------------------------------------------------------------
+
+
+def test_fmri_clip_res_has_the_papers_parameter_count_and_shapes():
+    model = build_mapper("cnn", 15724, 512, paper_cfg())
+    assert sum(p.numel() for p in model.parameters()) == 1_156_929
+    assert (model.pad_left, model.pad_right) == (10, 10)  # 15,724 -> 15,744, centred
+    small = FmriClipRes(50, 8, hidden=4, blocks=1, head_hidden=3, pad_multiple=16)
+    assert small(torch.randn(3, 50)).shape == (3, 8)
+    with pytest.raises(ValueError, match=r"expected betas \(B, 50\)"):
+        small(torch.randn(3, 49))
+
+
+def test_padding_is_zero_and_centred():
+    """A voxel's place in the padded signal: betas shifted by the padding give the same output."""
+    model = FmriClipRes(20, 4, hidden=3, blocks=1, head_hidden=2, pad_multiple=32)  # 20 -> 32: 6 + 6
+    wider = FmriClipRes(32, 4, hidden=3, blocks=1, head_hidden=2, pad_multiple=32)
+    wider.load_state_dict(model.state_dict())
+    x = torch.randn(2, 20)
+    assert torch.allclose(model(x), wider(torch.nn.functional.pad(x, (6, 6))))
+
+
+def test_mlp_and_linear_shapes_and_unknown_kind():
+    assert ResidualMLP(30, 8, hidden=16, blocks=2)(torch.randn(4, 30)).shape == (4, 8)
+    assert LinearMapper(30, 8)(torch.randn(4, 30)).shape == (4, 8)
+    with pytest.raises(ValueError, match="expected one of cnn, ridge, mlp"):
+        build_mapper("transformer", 30, 8, CFG)
+    with pytest.raises(KeyError, match="unknown keys"):
+        build_mapper("cnn", 30, 8, {**CFG, "cnn": {**CFG["cnn"], "width": 3}})
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path):
+    for kind in ("cnn", "mlp", "ridge"):
+        model = build_mapper(kind, 40, 6, CFG)
+        save_mapper(tmp_path / kind, kind, model, architecture(kind, CFG), loss="mse")
+        loaded = load_mapper(tmp_path / kind)
+        x = torch.randn(5, 40)
+        assert not loaded.training
+        assert torch.equal(model.eval()(x), loaded(x))
+    with pytest.raises(FileNotFoundError, match="expected a trained mapper"):
+        load_mapper(tmp_path / "absent")
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+
+def direct_contrastive(pred, target, tau, lam):
+    """Symmetric InfoNCE written out element by element."""
+    n = len(pred)
+    cos = [[float(np.dot(p, t) / np.linalg.norm(p) / np.linalg.norm(t)) / tau for t in target] for p in pred]
+    rows = -np.mean([cos[i][i] - math.log(sum(math.exp(cos[i][j]) for j in range(n))) for i in range(n)])
+    cols = -np.mean([cos[j][j] - math.log(sum(math.exp(cos[i][j]) for i in range(n))) for j in range(n)])
+    return lam * rows + (1 - lam) * cols
+
+
+def test_losses_match_direct_formulas():
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal((6, 5)), rng.standard_normal((6, 5))
+    cfg = {**CFG, "loss": {"cos_weight": 0.6, "temperature": 0.5, "row_weight": 0.3, "contrastive_weight": 0.4}}
+    p, t = torch.tensor(pred), torch.tensor(target)
+    mse = ((pred - target) ** 2).mean()
+    cos = np.mean([1 - np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(pred, target)])
+    contrastive = direct_contrastive(pred, target, 0.5, 0.3)
+    expected = {
+        "mse": mse,
+        "cos": cos,
+        "mse_cos": 0.4 * mse + 0.6 * cos,
+        "contrastive": contrastive,
+        "mse_cos_contrastive": 0.6 * (0.4 * mse + 0.6 * cos) + 0.4 * contrastive,
+    }
+    for name, value in expected.items():
+        terms = mapper_loss(name, p, t, cfg)
+        assert float(terms["loss"]) == pytest.approx(value, rel=1e-10), name
+    terms = mapper_loss("mse_cos_contrastive", p, t, cfg)
+    assert set(terms) == {"mse", "cos", "contrastive", "mse_cos", "loss"}
+    with pytest.raises(ValueError, match="unknown mapper loss"):
+        mapper_loss("l1", p, t, cfg)
+
+
+def test_contrastive_loss_is_symmetric():
+    rng = np.random.default_rng(2)
+    p, t = torch.tensor(rng.standard_normal((7, 4))), torch.tensor(rng.standard_normal((7, 4)))
+    half = {**CFG, "loss": {**CFG["loss"], "row_weight": 0.5}}
+    rows = {**CFG, "loss": {**CFG["loss"], "row_weight": 1.0}}
+    cols = {**CFG, "loss": {**CFG["loss"], "row_weight": 0.0}}
+    assert float(mapper_loss("contrastive", p, t, half)["loss"]) == pytest.approx(
+        float(mapper_loss("contrastive", t, p, half)["loss"]), rel=1e-12)
+    assert float(mapper_loss("contrastive", p, t, rows)["loss"]) == pytest.approx(
+        float(mapper_loss("contrastive", t, p, cols)["loss"]), rel=1e-12)
+    assert float(mapper_loss("contrastive", p, t, rows)["loss"]) != pytest.approx(
+        float(mapper_loss("contrastive", p, t, cols)["loss"]), rel=1e-6)
+
+
+# --- ridge --------------------------------------------------------------------------------------
+
+
+def normal_equations(x, y, alpha):
+    """Ridge with intercept by NumPy: centre, solve (Xc^T Xc + alpha I) W = Xc^T Yc."""
+    mu, ym = x.mean(0), y.mean(0)
+    xc = x - mu
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
+    return w, ym - mu @ w
+
+
+@pytest.mark.parametrize("n_samples", [40, 150])  # dual (fewer samples than voxels) and primal form
+def test_ridge_matches_numpy_normal_equations_and_picks_the_best_alpha(n_samples):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n_samples, 60)) + 0.5
+    y = x @ rng.standard_normal((60, 5)) * 0.1 + rng.standard_normal((n_samples, 5)) + 2.0
+    val = np.zeros(n_samples, dtype=bool)
+    val[rng.choice(n_samples, n_samples // 4, replace=False)] = True
+    alphas = [0.1, 3.0, 30.0, 300.0, 3000.0]
+    fit = fit_ridge(torch.tensor(x), torch.tensor(y), torch.tensor(val), alphas, dtype=torch.float64)
+    assert fit.form == ("dual" if n_samples < 60 else "primal")
+
+    scores = {}
+    for alpha in alphas:
+        w, b = normal_equations(x[~val], y[~val], alpha)
+        scores[alpha] = ((x[val] @ w + b - y[val]) ** 2).mean()
+        assert fit.val_mse[alpha] == pytest.approx(scores[alpha], rel=1e-8)
+    best = min(scores, key=scores.get)
+    assert fit.alpha == best
+    w, b = normal_equations(x, y, best)
+    np.testing.assert_allclose(fit.weight.numpy().T, w, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fit.bias.numpy(), b, rtol=1e-8, atol=1e-10)
+
+    single = fit_ridge(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), None, [best])
+    np.testing.assert_allclose(single.weight.numpy().T, w, rtol=1e-3, atol=1e-4)
+
+
+# --- retrieval ----------------------------------------------------------------------------------
+
+
+def brute_force_top1(pred, target, idx):
+    """Top-1 in both directions among the rows ``idx``, by explicit loops."""
+    def cos(a, b):
+        return np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)
+
+    image = brain = 0
+    for i in idx:
+        image += max(idx, key=lambda j: cos(pred[i], target[j])) == i
+        brain += max(idx, key=lambda j: cos(pred[j], target[i])) == i
+    return image / len(idx), brain / len(idx)
+
+
+def test_retrieval_matches_brute_force():
+    rng = np.random.default_rng(4)
+    target = rng.standard_normal((40, 6))
+    pred = target + 1.5 * rng.standard_normal((40, 6))
+    metrics = embedding_metrics(pred, target, np.arange(40), pool=15, draws=4, seed=9)
+
+    draws = np.random.default_rng(9)
+    pools = [brute_force_top1(pred, target, list(draws.choice(40, 15, replace=False))) for _ in range(4)]
+    pool = metrics["retrieval"]["pool"]
+    assert pool["size"] == 15 and pool["chance"] == pytest.approx(1 / 15)
+    assert pool["image_retrieval"] == pytest.approx(np.mean([p[0] for p in pools]))
+    assert pool["brain_retrieval"] == pytest.approx(np.mean([p[1] for p in pools]))
+    whole = metrics["retrieval"]["all"]
+    assert (whole["image_retrieval"], whole["brain_retrieval"]) == pytest.approx(brute_force_top1(pred, target, list(range(40))))
+    assert whole["chance"] == pytest.approx(1 / 40)
+    assert metrics["mse"] == pytest.approx(((pred - target) ** 2).mean())
+    cosines = [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(pred, target)]
+    assert metrics["cosine"] == pytest.approx(np.mean(cosines))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_validation_split_keeps_every_repeat_of_an_image_on_one_side():
+    ids = np.repeat(np.arange(50), 3)
+    val = validation_mask(ids, 0.2, seed=0)
+    assert len(np.unique(ids[val])) == 10
+    assert not set(ids[val]) & set(ids[~val])
+    assert np.array_equal(val, validation_mask(ids, 0.2, seed=0))
+
+
+def test_missing_clip_targets_are_named(tmp_path):
+    _, clip = write_tiny_subject(tmp_path)
+    targets = read_clip_targets(clip)
+    with pytest.raises(ValueError, match=r"clip\.h5: no CLIP target for nsdIds \[73000\]"):
+        targets.rows(np.array([targets.nsd_id[0], 73000]))
+
+
+# --- pipeline -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,loss", [("ridge", "mse"), ("mlp", "mse_cos_contrastive"), ("cnn", "mse_cos")])
+def test_run_mapper_writes_the_folder_and_retrieves_far_above_chance(tmp_path, kind, loss):
+    prepared, clip = write_tiny_subject(tmp_path, n_aug=2)
+    cfg = {**CFG, "train": {**CFG["train"], "epochs": 12, "lr": 3e-3}, "retrieval": {"pool": 10, "draws": 5},
+           "cnn": {"hidden": 8, "blocks": 1, "head_hidden": 32, "pad_multiple": 16}}
+    out = tmp_path / "out"
+    metrics = run_mapper(prepared, clip, out, kind, loss, "img", cfg, 42, torch.device("cpu"),
+                         tmp_path / "ckpt", subject="subj01", progress=False)
+    assert all((out / name).is_file() for name in OUTPUT_FILES)
+    assert not (tmp_path / "ckpt").exists()
+    with h5py.File(prepared) as f, h5py.File(out / "pred_test.h5") as p, h5py.File(out / "pred_train.h5") as q:
+        assert np.array_equal(p["nsd_id"][()], f["test/nsd_id"][()])
+        assert np.array_equal(q["nsd_id"][()], f["train/nsd_id"][()])
+        assert p["pred"].shape == p["target"].shape == (20, 16) and q["pred"].shape == (210, 16)
+        assert p["pred"].dtype == np.float32
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    pool = metrics["retrieval"]["pool"]
+    assert pool["image_retrieval"] > 3 * pool["chance"] and pool["brain_retrieval"] > 3 * pool["chance"]
+    loaded = load_mapper(out)
+    with h5py.File(prepared) as f, h5py.File(out / "pred_test.h5") as p:
+        assert np.allclose(loaded(torch.from_numpy(f["test/betas"][()])).detach().numpy(), p["pred"][()], atol=1e-5)
+    if kind != "ridge":
+        curve = (out / "curve.csv").read_text().splitlines()
+        assert curve[0].startswith("epoch,lr,train_") and "val_loss" in curve[0] and len(curve) == 13
+        assert 1 <= metrics["fit"]["best_epoch"] <= 12
+
+
+def test_ridge_refuses_another_loss(tmp_path):
+    prepared, clip = write_tiny_subject(tmp_path)
+    with pytest.raises(ValueError, match="its loss must be 'mse'"):
+        run_mapper(prepared, clip, tmp_path / "out", "ridge", "cos", "img", CFG, 0, torch.device("cpu"), None)
+
+
+# --- SIGTERM and resume -------------------------------------------------------------------------
+
+DRIVER = """
+import json, sys, torch
+torch.set_num_threads(1)
+from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted
+from mindreader.mappers.pipeline import run_mapper
+prepared, clip, out, ckpt, cfg = sys.argv[1:4] + [sys.argv[4], json.loads(sys.argv[5])]
+try:
+    run_mapper(prepared, clip, out, "mlp", "mse_cos", "img", cfg, 7, torch.device("cpu"), ckpt, progress=False)
+except TrainingInterrupted:
+    sys.exit(EXIT_INTERRUPTED)
+"""
+
+
+def test_sigterm_then_resume_ends_with_the_same_weights(tmp_path):
+    prepared, clip = write_tiny_subject(tmp_path, n_voxels=300, n_images=120, n_aug=3)
+    cfg = {**CFG, "mlp": {"hidden": 64, "blocks": 2, "dropout_in": 0.3, "dropout": 0.1},
+           "train": {**CFG["train"], "epochs": 12, "batch_size_plain": 16, "checkpoint_every": 5}}
+
+    def start(name):
+        args = [str(prepared), str(clip), str(tmp_path / name), str(tmp_path / f"ckpt_{name}"), json.dumps(cfg)]
+        return subprocess.Popen([sys.executable, "-c", DRIVER, *args], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    reference = start("reference")
+    interrupted = start("interrupted")
+    state = tmp_path / "ckpt_interrupted" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and interrupted.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    interrupted.send_signal(15)
+    output = interrupted.communicate()[0]
+    assert interrupted.returncode == EXIT_INTERRUPTED, output
+    saved = json.loads(state.read_text())
+    assert 0 < saved["step"] and saved["epoch"] < 12
+    assert not (tmp_path / "interrupted" / "model.safetensors").exists()
+
+    resumed = start("interrupted")
+    assert resumed.wait() == 0, resumed.communicate()[0]
+    assert reference.wait() == 0, reference.communicate()[0]
+    a = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "reference" / "curve.csv").read_text() == (tmp_path / "interrupted" / "curve.csv").read_text()
