@@ -1,1 +1,132 @@
-# (stage rules: report)
+# Figures (PDF + PNG) and the HTML report: `snakemake --report report.html` after a run collects
+# every table and figure below with its caption (rules/report/*.rst), one category per stage.
+from mindreader.nsd_paths import STIMULI_RELPATH
+
+MAIN = config["ablations"]["main"]
+FIGURE_SUBJECT = next((s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0])
+
+
+def main_run(subject, **changes):
+    run = {"subject": subject, **MAIN, **changes}
+    if run["mapper"] == "ridge":
+        run["loss"] = "mse"
+    return run
+
+
+def reconstruction_file(run):
+    return run_path("results/reconstructions", ".h5", run)
+
+
+def fig3_rows():
+    """(label, reconstructions file) per conditioning variant of the ablation subject."""
+    return [(v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v))) for v in config["ablations"]["variants"]]
+
+
+def subject_grid_rows(subject):
+    """(label, reconstructions file) per mapper of the comparison table."""
+    return [(m, reconstruction_file(main_run(subject, mapper=m))) for m in config["ablations"]["mappers"]]
+
+
+def figure_targets():
+    per_subject = expand(
+        "results/figures/{subject}/{figure}.{ext}",
+        subject=SUBJECTS,
+        figure=("reconstructions", "training_curves", "retrieval"),
+        ext=("pdf", "png"),
+    )
+    return ["results/figures/fig3.pdf", "results/figures/fig3.png", *per_subject] + expand(
+        "results/figures/metrics_conditioning.{ext}", ext=("pdf", "png")
+    )
+
+
+def figure_png(path, caption, subcategory):
+    return report(path, caption=caption, category="5. Figures", subcategory=subcategory)
+
+
+rule fig3:
+    input:
+        reconstructions=[path for _, path in fig3_rows()],
+        nsd=nsd_inputs(STIMULI_RELPATH),
+    output:
+        pdf="results/figures/fig3.pdf",
+        png=figure_png("results/figures/fig3.png", "report/fig3.rst", "reconstructions"),
+    params:
+        labels=[label for label, _ in fig3_rows()],
+        title=f"Reconstructions of {FIGURE_SUBJECT}'s test images per conditioning variant "
+        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
+    log:
+        "results/logs/figures/fig3.log",
+    script:
+        "../scripts/plot_reconstructions.py"
+
+
+rule subject_reconstructions:
+    input:
+        reconstructions=lambda w: [path for _, path in subject_grid_rows(w.subject)],
+        nsd=nsd_inputs(STIMULI_RELPATH),
+    output:
+        pdf="results/figures/{subject}/reconstructions.pdf",
+        png=figure_png("results/figures/{subject}/reconstructions.png", "report/subject_reconstructions.rst", "reconstructions"),
+    params:
+        labels=lambda w: [label for label, _ in subject_grid_rows(w.subject)],
+        title=lambda w: f"Reconstructions of {w.subject}'s test images per mapper "
+        f"(variant {MAIN['variant']}, strategy {MAIN['strategy']})",
+    log:
+        "results/logs/figures/{subject}/reconstructions.log",
+    script:
+        "../scripts/plot_reconstructions.py"
+
+
+rule training_curves:
+    input:
+        mapper_curves=lambda w: [
+            f"results/mappers/{w.subject}/{MAIN['mapper']}/{MAIN['loss']}/{t}/curve.csv" for t in ("img", "cap")
+        ],
+        generator_losses=lambda w: run_path("results/generator", "/losses.csv", main_run(w.subject)),
+    output:
+        pdf="results/figures/{subject}/training_curves.pdf",
+        png=figure_png("results/figures/{subject}/training_curves.png", "report/training_curves.rst", "training"),
+    params:
+        mapper_labels=["img mapper", "cap mapper"],
+        generator_label=f"G {MAIN['variant']} {MAIN['strategy']}",
+        title=lambda w: f"Training curves of {w.subject}'s main run (mapper {MAIN['mapper']}, loss {MAIN['loss']})",
+    log:
+        "results/logs/figures/{subject}/training_curves.log",
+    script:
+        "../scripts/plot_training_curves.py"
+
+
+rule retrieval_examples:
+    input:
+        predictions=lambda w: f"results/mappers/{w.subject}/{MAIN['mapper']}/{MAIN['loss']}/img/pred_test.h5",
+        nsd=nsd_inputs(STIMULI_RELPATH),
+    output:
+        pdf="results/figures/{subject}/retrieval.pdf",
+        png=figure_png("results/figures/{subject}/retrieval.png", "report/retrieval.rst", "retrieval"),
+    params:
+        n_brains=config["evaluation"]["retrieval_examples"],
+        title=lambda w: f"{w.subject}: top-5 test images retrieved from the predicted CLIP image embedding "
+        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']})",
+    log:
+        "results/logs/figures/{subject}/retrieval.log",
+    script:
+        "../scripts/plot_retrieval.py"
+
+
+rule metric_bars:
+    input:
+        metrics=[
+            run_path("results/metrics", ".json", main_run(FIGURE_SUBJECT, variant=v))
+            for v in config["ablations"]["variants"]
+        ],
+    output:
+        pdf="results/figures/metrics_conditioning.pdf",
+        png=figure_png("results/figures/metrics_conditioning.png", "report/metric_bars.rst", "metrics"),
+    params:
+        labels=config["ablations"]["variants"],
+        title=f"{FIGURE_SUBJECT}: metrics per conditioning variant, 95 % bootstrap CIs "
+        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
+    log:
+        "results/logs/figures/metrics_conditioning.log",
+    script:
+        "../scripts/plot_metric_bars.py"

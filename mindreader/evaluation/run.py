@@ -81,19 +81,34 @@ def read_reconstructions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return images, nsd_id, attrs
 
 
-def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(pred, target) float (N, D) of a mapper's pred_test.h5."""
-    with h5py.File(path, "r") as f:
-        for key in ("pred", "target"):
-            if key not in f:
-                raise ValueError(f"{path}: no dataset '{key}' (expected nsd_id, pred, target)")
-        return f["pred"][()], f["target"][()]
+def read_predictions(files: Mapping[str, str | os.PathLike]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mapper target (img | cap) -> (pred, target) float (N, D).
+
+    ``files`` maps a target to a mapper's pred_test.h5 (pred, target (N, D)); a file whose pred is
+    (N, K, D) (an end-to-end run's e2e_pred_test.h5) holds K targets, named by its `conditions`
+    attribute, whatever its key.
+    """
+    found = {}
+    for key, path in files.items():
+        with h5py.File(path, "r") as f:
+            for name in ("pred", "target"):
+                if name not in f:
+                    raise ValueError(f"{path}: no dataset '{name}' (expected nsd_id, pred, target)")
+            pred, target = f["pred"][()], f["target"][()]
+            if pred.ndim == 3:
+                conditions = str(f.attrs.get("conditions", "")).split(",")
+                if len(conditions) != pred.shape[1] or pred.shape != target.shape:
+                    raise ValueError(f"{path}: pred {pred.shape} / target {target.shape} do not match conditions {conditions}")
+                found.update({c: (pred[:, k], target[:, k]) for k, c in enumerate(conditions)})
+            else:
+                found[key] = (pred, target)
+    return found
 
 
 def evaluate_run(
     reconstructions: str | os.PathLike,  # reconstructions/{subject}/.../{strategy}.h5
     ground_truth: np.ndarray,  # uint8 (N, H, W, 3) test images in the file's nsd_id order
-    prediction_files: Mapping[str, str | os.PathLike],  # mapper target (img | cap) -> pred_test.h5
+    prediction_files: Mapping[str, str | os.PathLike],  # see read_predictions
     sources: Mapping[str, FeatureSource],
     unavailable: Mapping[str, str],
     cfg: BatteryConfig,
@@ -103,7 +118,7 @@ def evaluate_run(
     rec, nsd_id, attrs = read_reconstructions(reconstructions)
     if ground_truth.shape[0] != rec.shape[0]:
         raise ValueError(f"{reconstructions}: {rec.shape[0]} reconstructions but {ground_truth.shape[0]} ground-truth images")
-    predictions = {target: read_predictions(path) for target, path in prediction_files.items()}
+    predictions = read_predictions(prediction_files)
     results = evaluate_images(ground_truth, rec, sources, unavailable, predictions, cfg, device)
     per_image = pd.DataFrame({"nsd_id": nsd_id})
     for key, result in results.items():

@@ -1,0 +1,261 @@
+"""The paper's tables and the field's comparison table, from the per-run metrics JSONs.
+
+Each table is a pandas DataFrame (one row per setting; per metric its value and CI bounds)
+written as CSV (numbers), Markdown and LaTeX (value [CI] strings, a caption that names the data
+the numbers came from, and a note on the metrics that could not be measured and why).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from mindreader.evaluation.battery import METRIC_BY_KEY
+from mindreader.io import atomic_path
+
+# The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
+COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
+ABLATION_COLUMNS = ("fid", "fd_clip", *COMPARISON_COLUMNS)
+
+# Published rows, from ../shared/docs/evaluation.md (subj01, 40 sessions, each paper's own
+# evaluation code). Identification and retrieval in %, None where the paper reports nothing.
+QUOTED_SOURCE = "quoted, not measured: subj01, 40 sessions, NSD shared test set, as published"
+QUOTED_ROWS = {
+    "Brain-Diffuser": (0.328, 0.386, 97.2, 98.0, 92.6, 92.3, 0.715, 0.408, None, None),
+    "Takagi & Nishimoto": (0.312, 0.410, 83.7, 88.4, 85.0, 83.5, 0.800, 0.492, None, None),
+    "MindEye1": (0.415, 0.402, 96.6, 98.3, 94.7, 93.4, 0.654, 0.381, 95.4, 89.7),
+    "MindEye2": (0.374, 0.439, 97.8, 99.1, 96.1, 93.6, 0.609, 0.338, 99.96, 99.87),
+    "Mind Reader (Lin et al., as MindEye reports it; unverified)": (
+        None, None, None, None, 78.2, None, None, None, 11.0, 49.0,
+    ),
+}
+
+# (table name, axis varied, what the table shows)
+ABLATIONS = (
+    ("conditioning", "variant", "Conditioning: image only, caption only, two-head (and others configured)"),
+    ("initialisation", "strategy", "Generator initialisation: pre-trained (finetune) vs from scratch"),
+    ("training_strategy", "strategy", "Training strategy: frozen mappers (finetune) vs end-to-end (e2e)"),
+    ("mapper_losses", "loss", "Mapper losses"),
+)
+STRATEGIES_OF = {"initialisation": ("finetune", "scratch"), "training_strategy": ("finetune", "e2e")}
+TABLE_NAMES = tuple(name for name, _, _ in ABLATIONS) + ("comparison",)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    frame: pd.DataFrame  # label columns, then per metric: key, key_lo, key_hi
+    labels: tuple[str, ...]  # the label columns
+    columns: tuple[str, ...]  # metric keys shown
+    data_note: str  # where the numbers come from
+    missing: dict[str, str]  # metric key -> why it is not measured
+
+
+def data_note(data: Mapping[str, Any], n_images: Iterable[int]) -> str:
+    """'synthetic NSD, sessions 1-8, split shared1000, test repeats averaged, 60 test images'."""
+    counts = sorted(set(int(n) for n in n_images))
+    images = "/".join(str(n) for n in counts) if counts else "?"
+    source = "SYNTHETIC NSD (demo data, not comparable with papers)" if data.get("synthetic") else "NSD"
+    return (
+        f"{source}, sessions 1-{data.get('sessions')}, split {data.get('split')}, "
+        f"test repeats {data.get('test_repeats')}, {images} test images; CIs: 95 % bootstrap over test images"
+    )
+
+
+def _row(labels: Mapping[str, Any], summary: Mapping[str, Any], columns: Iterable[str]) -> dict:
+    row = dict(labels)
+    for key in columns:
+        result = summary["metrics"].get(key, {"missing": "not computed"})
+        scale = 100.0 if METRIC_BY_KEY[key].percent else 1.0
+        if "value" in result:
+            row[key] = result["value"] * scale
+            row[f"{key}_lo"], row[f"{key}_hi"] = (v * scale for v in result["ci95"])
+        else:
+            row[key] = row[f"{key}_lo"] = row[f"{key}_hi"] = math.nan
+    return row
+
+
+def _missing(summaries: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> dict[str, str]:
+    reasons = {}
+    for summary in summaries:
+        for key in columns:
+            result = summary["metrics"].get(key, {})
+            if "missing" in result:
+                reasons.setdefault(key, result["missing"].split(". ")[0])
+    return reasons
+
+
+def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
+    """The paper's four tables. ``runs``: dicts of the run keys plus ``summary`` (metrics JSON)."""
+    main = ablations["main"]
+    tables = []
+    for name, axis, title in ABLATIONS:
+        values = ablations[{"variant": "variants", "strategy": "strategies", "loss": "losses"}[axis]]
+        values = [v for v in values if v in STRATEGIES_OF.get(name, values)]
+        chosen = [
+            run
+            for subject in ablations["subjects"]
+            for value in values
+            for run in runs
+            if run["subject"] == subject
+            and run[axis] == value
+            and all(run[k] == main[k] for k in ("mapper", "loss", "variant", "strategy") if k != axis)
+        ]
+        frame = pd.DataFrame([_row({"subject": r["subject"], axis: r[axis]}, r["summary"], ABLATION_COLUMNS) for r in chosen])
+        fixed = ", ".join(f"{k} {main[k]}" for k in ("mapper", "loss", "variant", "strategy") if k != axis)
+        tables.append(
+            Table(
+                name=name,
+                title=f"{title} ({fixed})",
+                frame=frame,
+                labels=("subject", axis),
+                columns=ABLATION_COLUMNS,
+                data_note=data_note(data, (r["summary"]["n_images"] for r in chosen)),
+                missing=_missing((r["summary"] for r in chosen), ABLATION_COLUMNS),
+            )
+        )
+    return tables
+
+
+def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> Table:
+    """The field's table: our mappers per subject and averaged, then the quoted published rows."""
+    main = ablations["main"]
+    chosen = [
+        r
+        for r in runs
+        if r["mapper"] in ablations["mappers"]
+        and r["variant"] == main["variant"]
+        and r["strategy"] == main["strategy"]
+        and r["loss"] == ("mse" if r["mapper"] == "ridge" else main["loss"])
+    ]
+    rows = []
+    for mapper in ablations["mappers"]:
+        method = f"ours: {mapper}" + (" (Mind Reader's mapper)" if mapper == "cnn" else "")
+        mine = [r for r in chosen if r["mapper"] == mapper]
+        per_subject = [_row({"method": method, "subject": r["subject"]}, r["summary"], COMPARISON_COLUMNS) for r in mine]
+        rows.extend(per_subject)
+        if len(per_subject) > 1:
+            mean = pd.DataFrame(per_subject)[list(COMPARISON_COLUMNS)].mean(skipna=False)
+            rows.append({"method": method, "subject": f"mean of {len(per_subject)}", **mean.to_dict()})
+    for method, values in QUOTED_ROWS.items():
+        rows.append(
+            {
+                "method": f"{method} [quoted, not measured]",
+                "subject": "subj01",
+                **{k: (math.nan if v is None else v) for k, v in zip(COMPARISON_COLUMNS, values)},
+            }
+        )
+    main_desc = f"variant {main['variant']}, strategy {main['strategy']}, loss {main['loss']} (ridge: mse)"
+    return Table(
+        name="comparison",
+        title=f"Comparison in the field's format ({main_desc}); rows marked [quoted, not measured]: {QUOTED_SOURCE}",
+        frame=pd.DataFrame(rows),
+        labels=("method", "subject"),
+        columns=COMPARISON_COLUMNS,
+        data_note=data_note(data, (r["summary"]["n_images"] for r in chosen)),
+        missing=_missing((r["summary"] for r in chosen), COMPARISON_COLUMNS),
+    )
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _header(key: str) -> str:
+    metric = METRIC_BY_KEY[key]
+    arrow = "↑" if metric.higher_is_better else "↓"
+    return f"{metric.label}{' %' if metric.percent else ''} {arrow}"
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key, math.nan)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    digits = 1 if METRIC_BY_KEY[key].percent or key in ("fid", "fd_clip") else 3
+    lo, hi = row.get(f"{key}_lo", math.nan), row.get(f"{key}_hi", math.nan)
+    text = f"{value:.{digits}f}"
+    if isinstance(lo, float) and not math.isnan(lo):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def _notes(table: Table) -> list[str]:
+    notes = [f"Data: {table.data_note}."]
+    if table.missing:
+        grouped: dict[str, list[str]] = {}
+        for key, reason in table.missing.items():
+            grouped.setdefault(reason, []).append(METRIC_BY_KEY[key].label)
+        for reason, labels in grouped.items():
+            notes.append(f"Not measured ({', '.join(labels)}): {reason}.")
+    notes.append("– : not measured or not reported. ↑/↓: higher/lower is better. Values: mean [95 % CI].")
+    return notes
+
+
+def to_markdown(table: Table) -> str:
+    header = [*table.labels, *(_header(k) for k in table.columns)]
+    lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.frame.to_dict("records"):
+        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(row, k) for k in table.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"{note}  " for note in _notes(table)]) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, escaped)
+    return text.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("–", "--")
+
+
+def to_latex(table: Table) -> str:
+    header = [*table.labels, *(_header(k) for k in table.columns)]
+    lines = [
+        r"\begin{table}[ht]",
+        r"\centering\scriptsize",
+        rf"\caption{{{_tex_escape(table.title)}. {_tex_escape(' '.join(_notes(table)))}}}",
+        rf"\label{{tab:{table.name}}}",
+        r"\begin{tabular}{" + "l" * len(table.labels) + "r" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
+    for row in table.frame.to_dict("records"):
+        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(row, k) for k in table.columns]
+        lines.append(" & ".join(_tex_escape(c) for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv_frame(table: Table) -> pd.DataFrame:
+    frame = table.frame.copy()
+    for column in (*table.labels, *(c for k in table.columns for c in (k, f"{k}_lo", f"{k}_hi"))):
+        if column not in frame:
+            frame[column] = math.nan
+    frame = frame[[*table.labels, *(c for k in table.columns for c in (k, f"{k}_lo", f"{k}_hi"))]]
+    frame["data"] = table.data_note
+    return frame
+
+
+def write_table(table: Table, folder: str | os.PathLike) -> list[Path]:
+    """results/tables/<name>.csv, .md, .tex (each written atomically)."""
+    folder = Path(folder)
+    written = []
+    for suffix, render in (
+        ("csv", lambda t, p: to_csv_frame(t).to_csv(p, index=False, float_format="%.6g")),
+        ("md", lambda t, p: Path(p).write_text(to_markdown(t))),
+        ("tex", lambda t, p: Path(p).write_text(to_latex(t))),
+    ):
+        path = folder / f"{table.name}.{suffix}"
+        with atomic_path(path) as tmp:
+            render(table, tmp)
+        written.append(path)
+    return written
+
+
+def all_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
+    return [*ablation_tables(runs, ablations, data), comparison_table(runs, ablations, data)]
+

@@ -1,0 +1,19 @@
+"""Snakemake script of rule make_tables: the per-run metrics JSONs -> results/tables/*.csv|md|tex."""
+
+import logging
+from pathlib import Path
+
+from mindreader.evaluation.tables import all_tables, write_table
+from mindreader.io import read_json
+from mindreader.provenance import write_provenance
+from mindreader.runtime import setup_logging
+
+sm = snakemake  # noqa: F821 (snakemake is injected by the script directive)
+setup_logging(sm.log[0])
+log = logging.getLogger("make_tables")
+runs = [{**run, "summary": read_json(path)} for run, path in zip(sm.params.runs, sm.input.metrics)]
+folder = Path(sm.output[0]).parent
+for table in all_tables(runs, sm.config["ablations"], sm.params.data):
+    for path in write_table(table, folder):
+        log.info("wrote %s", path)
+    write_provenance(folder / f"{table.name}.csv", sm.config, sm.config["seed"], data=sm.params.data)
