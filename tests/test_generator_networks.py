@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mindreader.generator.conditioning import expand_conditions
-from mindreader.generator.layers import downsample2d, modulated_conv2d, setup_filter, upsample2d
+from mindreader.generator.layers import downsample2d, modulated_conv2d, setup_filter, upfirdn2d, upsample2d
 from mindreader.generator.networks import Discriminator, Generator
 
 torch.set_num_threads(1)
@@ -84,6 +84,15 @@ def test_fir_resampling_keeps_constant_images():
     assert up.shape == (1, 2, 16, 16) and down.shape == (1, 2, 4, 4)
     torch.testing.assert_close(up[:, :, 2:-2, 2:-2], torch.full_like(up[:, :, 2:-2, 2:-2], 3.0))
     torch.testing.assert_close(down[:, :, 1:-1, 1:-1], torch.full_like(down[:, :, 1:-1, 1:-1], 3.0))
+
+
+def test_transposed_upsampling_equals_zero_insertion_and_filtering():
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(upsample2d(x, f), upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4))
+    # The filter taps land where a direct 1-D computation puts them (odd/even phases 1/4, 3/4).
+    row = upsample2d(torch.tensor([[[[0.0, 4.0, 0.0]]]]).repeat(1, 1, 3, 1), f)[0, 0, 2]
+    torch.testing.assert_close(row, torch.tensor([0.0, 1.0, 3.0, 3.0, 1.0, 0.0]))
 
 
 def test_conditional_logit_is_per_sample():

@@ -93,16 +93,19 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             if name not in f:
                 raise ValueError(f"{path}: dataset '{name}' missing (expected a mapper prediction file)")
         ids, pred = f["nsd_id"][:].astype(np.int64), f["pred"][:].astype(np.float32)
-    if pred.ndim != 2 or len(pred) != len(ids):
-        raise ValueError(f"{path}: pred must be (N, D) with N = len(nsd_id) = {len(ids)}, got {pred.shape}")
+    if pred.ndim not in (2, 3) or len(pred) != len(ids):
+        raise ValueError(f"{path}: pred must be (N, D) or (N, K, D) with N = len(nsd_id) = {len(ids)}, got {pred.shape}")
     return ids, pred
 
 
 def stack_predictions(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(nsd_id (N,), pred (N, K, D)) from K prediction files of the same samples in the same order."""
+    """(nsd_id (N,), pred (N, K, D)) from K prediction files of the same samples in the same order,
+    or from one file whose pred is already (N, K, D) (the end-to-end run's e2e_pred_test.h5)."""
     ids, preds = None, []
     for path in paths:
         these, pred = read_predictions(path)
+        if pred.ndim == 3 and len(paths) == 1:
+            return these, pred
         if ids is not None and not np.array_equal(ids, these):
             raise ValueError(f"{path}: samples differ from {paths[0]} (the mappers must predict the same samples in order)")
         ids = these

@@ -67,17 +67,22 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
     # conv2d correlates, so flip the filter to convolve; gain per dimension for up/down.
     weight = (f * (gain ** (f.ndim / 2))).flip([0, 1]).to(x.dtype)
     weight = weight[None, None].repeat(channels, 1, 1, 1)
-    x = F.conv2d(x, weight, groups=channels)
-    if down > 1:
-        x = x[:, :, ::down, ::down]
-    return x
+    return F.conv2d(x, weight, groups=channels, stride=down)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
-    """FIR upsampling: output (B, C, H * up, W * up)."""
+    """FIR upsampling: output (B, C, H * up, W * up).
+
+    Equals ``upfirdn2d(x, f, up, padding=((fw + up - 1) // 2, (fw - up) // 2) per side, gain=up^2)``
+    but as a strided transposed convolution, which skips the products with inserted zeros.
+    """
     fw = f.shape[-1]
-    p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
-    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up**2)
+    if (fw - up) % 2:
+        p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
+        return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up**2)
+    channels = x.shape[1]
+    weight = (f * up**2).to(x.dtype)[None, None].repeat(channels, 1, 1, 1)
+    return F.conv_transpose2d(x, weight, stride=up, padding=(fw - up) // 2, groups=channels)
 
 
 def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:

@@ -7,6 +7,8 @@ whole test set at once from a fixed seed (so an image does not depend on the bat
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -68,3 +70,19 @@ def reconstruct(run_folder, pred_test_files: list, output_h5, z_policy: str, see
             f.attrs["conditions"] = ",".join(meta.get("conditions", []))
     log.info("wrote %d reconstructions (%dx%d) to %s", len(images), G.img_resolution, G.img_resolution, output_h5)
     return images
+
+
+def write_pngs(reconstructions_h5, folder) -> None:
+    """One PNG per reconstruction, ``{row:05d}_{nsdId:05d}.png``, into ``folder`` (made whole or not at all)."""
+    from mindreader.generator.samples import write_png
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with h5py.File(reconstructions_h5, "r") as f:
+        ids = f["nsd_id"][:]
+        for row, nsd_id in enumerate(ids):
+            write_png(tmp / f"{row:05d}_{int(nsd_id):05d}.png", f["images"][row])
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)

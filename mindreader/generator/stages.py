@@ -33,6 +33,8 @@ from mindreader.io import atomic_path
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune", "e2e")
+# Test predictions of the mappers trained end to end, written into the run folder.
+E2E_PREDICTIONS = "e2e_pred_test.h5"
 
 
 def fingerprint(job: dict) -> str:
@@ -88,13 +90,26 @@ def train_config(cfg: dict, kimg: float, seed: int) -> TrainConfig:
     )
 
 
-def clip_encoder(job: dict, device: torch.device):
-    """The CLIP image encoder for the itc term, or None when itc is off."""
+class ClipImageEncoder(torch.nn.Module):
+    """CLIP's image tower as the loss sees it: x in [0, 1] -> (B, D), and its input side (fakes
+    are cropped straight to it)."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+        self.image_size = clip.image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_images(x)
+
+
+def clip_encoder(job: dict, device: torch.device) -> ClipImageEncoder | None:
+    """The frozen CLIP image encoder for the itc term, or None when itc is off."""
     if job["generator"]["itc"] <= 0:
         return None
     from mindreader.clip import load_clip
 
-    return load_clip(job["clip"], device).encode_images
+    return ClipImageEncoder(load_clip(job["clip"], device))
 
 
 def write_losses(path: Path, rows: list[dict]) -> None:
@@ -194,14 +209,18 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
 
 @torch.no_grad()
 def write_e2e_predictions(out: Path, mappers, job: dict, device: torch.device) -> None:
-    """The jointly trained mappers' test predictions, pred_test_{target}.h5 (the mapper format)."""
+    """The jointly trained mappers' test predictions: e2e_pred_test.h5 with nsd_id (N,), pred and
+    target (N, K, D) in the prepared file's test order, attrs conditions."""
     nsd_id, betas = read_betas(job["prepared"], "test")
     mappers.eval()
-    for target, mapper, targets_h5 in zip(get_variant(job["variant"]).targets, mappers, job["targets"]):
-        pred = torch.cat([mapper(torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu() for i in range(0, len(betas), 256)])
-        truth = read_rows(targets_h5, nsd_id, ("target",))["target"]
-        with atomic_path(out / f"pred_test_{target}.h5") as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("nsd_id", data=nsd_id.astype(np.int64))
-                f.create_dataset("pred", data=pred.numpy().astype(np.float32))
-                f.create_dataset("target", data=truth)
+    preds = []
+    for mapper in mappers:
+        chunks = [mapper(torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu() for i in range(0, len(betas), 256)]
+        preds.append(torch.cat(chunks).numpy())
+    truth = [read_rows(path, nsd_id, ("target",))["target"] for path in job["targets"]]
+    with atomic_path(out / E2E_PREDICTIONS) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("nsd_id", data=nsd_id.astype(np.int64))
+            f.create_dataset("pred", data=np.stack(preds, axis=1).astype(np.float32))
+            f.create_dataset("target", data=np.stack(truth, axis=1))
+            f.attrs["conditions"] = ",".join(get_variant(job["variant"]).targets)

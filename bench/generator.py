@@ -1,0 +1,126 @@
+"""Benchmark of the generator at the demo config's scale: training throughput (kimg/s) of the
+full Lafite objective against a plain conditional StyleGAN2 step (no contrastive terms, no
+path-length regularisation) with the same networks, and generation throughput (images/s) of
+batched generation against one image at a time.
+
+    .venv/bin/python bench/generator.py [--steps 20] [--threads 2] [--device cpu] [--paper]
+
+--paper uses the schema's paper-scale defaults (256 px, full channels): meant for a GPU.
+The CLIP image tower is the demo CLIP's architecture with random weights (same cost as trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mindreader.clip.demo import build_demo_clip
+from mindreader.clip.models import preprocess_images
+from mindreader.generator.data import TrainingSet
+from mindreader.generator.reconstruct import generate_images
+from mindreader.generator.stages import build, loss_config, train_config
+from mindreader.generator.training import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DemoClipImages(torch.nn.Module):
+    """The demo CLIP's image tower with its preprocessing, random weights, frozen."""
+
+    def __init__(self, demo_cfg: dict):
+        super().__init__()
+        self.model, _ = build_demo_clip(demo_cfg)
+        self.model.requires_grad_(False).eval()
+        self.cfg = self.model.visual.preprocess_cfg
+        self.image_size = int(demo_cfg["image_size"])
+
+    def forward(self, x):
+        cfg = self.cfg
+        return self.model.encode_image(preprocess_images(x, cfg["size"], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["resize_mode"]))
+
+
+def schema_defaults(schema: dict) -> dict:
+    out = {}
+    for key, spec in schema["properties"].items():
+        out[key] = schema_defaults(spec) if spec.get("type") == "object" else spec.get("default")
+    return out
+
+
+def random_set(n: int, n_conditions: int, c_dim: int, resolution: int) -> TrainingSet:
+    g = torch.Generator().manual_seed(0)
+    return TrainingSet(
+        images=torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, generator=g),
+        image_index=torch.arange(n),
+        nsd_id=torch.arange(n).numpy(),
+        cond=torch.randn(n, 1, n_conditions, c_dim, generator=g),
+    )
+
+
+def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, warmup: int = 2) -> float:
+    """kimg/s of ``steps`` training steps after ``warmup`` steps (two-condition fine-tuning shape)."""
+    G, D, _, _ = build(cfg, data.cond.shape[-1], data.cond.shape[2], "max", 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(G, D, data, loss_config(cfg, 0.9), train_config(cfg, 1.0, 0), tmp, device, encoder=encoder)
+        for step in range(warmup):
+            trainer.train_step(step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            trainer.train_step(step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return steps * cfg["batch"] / 1000 / (time.perf_counter() - start)
+
+
+def time_generation(G, c: torch.Tensor, device, batch_size: int) -> float:
+    generate_images(G, c[:batch_size], "random", 0, device, batch_size)  # warm-up
+    start = time.perf_counter()
+    generate_images(G, c, "random", 0, device, batch_size)
+    return len(c) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per setting")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--paper", action="store_true", help="paper scale (schema defaults) instead of the demo config")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg = config["generator"]
+    if args.paper:
+        cfg = schema_defaults(yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]["generator"])
+    cfg = copy.deepcopy(cfg)
+    encoder = DemoClipImages(config["clip"]["demo"]).to(device)
+    c_dim = int(config["clip"]["demo"]["embed_dim"])
+    data = random_set(max(256, cfg["batch"] * 4), 2, c_dim, cfg["resolution"])
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}), "
+          f"resolution {cfg['resolution']}, batch {cfg['batch']}, channels {cfg['channel_base']}/{cfg['channel_max']}, "
+          f"branch width {cfg['branch_width']}, precision {cfg['precision'] if device.type == 'cuda' else 'fp32'}")
+
+    lafite = time_training(cfg, data, encoder, device, args.steps)
+    plain_cfg = {**cfg, "itc": 0.0, "itd": 0.0, "pl_weight": 0.0}
+    plain = time_training(plain_cfg, data, None, device, args.steps)
+    print(f"training, Lafite objective (itc + itd + R1 + path length): {lafite:.3f} kimg/s ({lafite * 60:.1f} kimg/min)")
+    print(f"training, plain conditional StyleGAN2 step (R1 only):      {plain:.3f} kimg/s ({plain * 60:.1f} kimg/min)")
+    print(f"ratio Lafite / plain: {lafite / plain:.2f}")
+
+    G, _, _, _ = build(cfg, c_dim, 2, "max", 0)
+    G.to(device)
+    c = torch.nn.functional.normalize(torch.randn(256, 2, c_dim), dim=-1)
+    batched = time_generation(G, c, device, 64)
+    single = time_generation(G, c[:32], device, 1)
+    print(f"generation, batch 64: {batched:.1f} images/s; one at a time: {single:.1f} images/s; ratio {batched / single:.2f}")
+
+
+if __name__ == "__main__":
+    main()
