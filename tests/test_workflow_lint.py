@@ -1,0 +1,233 @@
+"""Workflow hygiene: Snakemake's linter, snakefmt, log/benchmark on the rules, wildcard
+constraints, no absolute paths, and dry runs of both configs (the demo, and the paper on an NSD
+tree of subjects 1, 2, 5 and 7 planned through the SLURM profile).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_snakemake, tiny_config
+
+from mindreader.nsd_paths import (
+    CAPTION_SPLITS,
+    EXPDESIGN_RELPATH,
+    STIM_INFO_RELPATH,
+    STIMULI_RELPATH,
+    betas_relpath,
+    captions_relpath,
+    mask_relpath,
+)
+
+DEMO_CONFIG = REPO / "config" / "config.yaml"
+NSD_CONFIG = REPO / "config" / "nsd.yaml"
+PAPER_SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
+# Subtrees of the demo config that the paper config may leave out: they are switched off there.
+DEMO_ONLY = {("synthetic",), ("clip", "demo")}
+
+
+def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("configfile", [DEMO_CONFIG, NSD_CONFIG], ids=["demo", "nsd"])
+def test_snakemake_lint_is_clean(configfile):
+    result = snakemake("--lint", "--workflow-profile", "none", "--configfile", str(configfile))
+    assert result.returncode == 0, f"snakemake --lint:\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}"
+
+
+def test_snakefmt_check_is_clean():
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    result = subprocess.run([str(snakefmt), "--check", "--diff", "."], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, f"snakefmt --check:\n{result.stdout[-8000:]}\n{result.stderr[-3000:]}"
+
+
+def _workflow(configfile: Path):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            storage_settings=StorageSettings(),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
+        return workflow._workflow
+
+
+@pytest.fixture(scope="module", params=[DEMO_CONFIG, NSD_CONFIG], ids=["demo", "nsd"])
+def workflow(request):
+    return _workflow(request.param)
+
+
+def test_every_rule_logs_and_every_cluster_rule_is_benchmarked(workflow):
+    for rule in workflow.rules:
+        if rule.norun:
+            continue
+        assert rule.log, f"rule {rule.name} has no log:"
+        if rule.name not in workflow._localrules:
+            assert rule.benchmark is not None, f"rule {rule.name} runs as a cluster job but has no benchmark:"
+
+
+def test_every_wildcard_is_constrained(workflow):
+    """Unconstrained wildcards split paths wrongly (cluster.md: `subj01_no`); '/' alone is not enough
+    once a value may contain the separator of its neighbours."""
+    global_constraints = workflow.wildcard_constraints
+    for rule in workflow.rules:
+        for name in rule.wildcard_names:
+            assert name in global_constraints or name in rule.wildcard_constraints, (
+                f"rule {rule.name}: wildcard {{{name}}} has no constraint"
+            )
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_no_absolute_paths():
+    """The original release hard-coded its authors' paths; every path here is relative to the
+    working directory or comes from the config."""
+    offenders = []
+    for path in [*REPO.glob("config/*.yaml"), *REPO.glob("profiles/*/config.yaml")]:
+        offenders += [f"{path.name}: {s}" for s in _strings(yaml.safe_load(path.read_text())) if s.startswith("/")]
+    # "/home/me/nsd"-like literals; a lone "/name.h5" is the tail of a path joined in code
+    quoted_absolute = re.compile(r"""["'](/[A-Za-z_][^"'/]*/[^"']*)["']""")
+    for path in [REPO / "Snakefile", *REPO.glob("rules/*.smk"), *REPO.glob("scripts/*.py")]:
+        offenders += [f"{path.name}: {m}" for m in quoted_absolute.findall(path.read_text())]
+    assert not offenders, offenders
+
+
+def _keys(tree: dict, prefix=()) -> set[tuple[str, ...]]:
+    keys = set()
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if path in DEMO_ONLY:
+            continue
+        keys.add(path)
+        if isinstance(value, dict):
+            keys |= _keys(value, path)
+    return keys
+
+
+def test_paper_config_sets_every_key_the_demo_sets():
+    """--configfile config/nsd.yaml is merged over the demo config: a key it leaves out keeps
+    the demo's (tiny) value."""
+    missing = _keys(yaml.safe_load(DEMO_CONFIG.read_text())) - _keys(yaml.safe_load(NSD_CONFIG.read_text()))
+    assert not missing, sorted(".".join(k) for k in missing)
+
+
+def test_paper_config_is_the_paper():
+    paper = yaml.safe_load(NSD_CONFIG.read_text())
+    assert paper["subjects"] == PAPER_SUBJECTS
+    assert paper["synthetic"]["enabled"] is False and paper["clip"]["train_demo"] is False
+    assert paper["prepare"]["sessions"] == 37
+    assert paper["clip"]["model"].startswith("ViT-B-32") and paper["clip"]["weights"].startswith("resources/weights/")
+    assert paper["generator"]["resolution"] == 256
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    axes = schema["properties"]["ablations"]["properties"]
+    for axis in ("variants", "strategies", "losses", "mappers"):
+        assert set(paper["ablations"][axis]) == set(axes[axis]["items"]["enum"]), f"ablations.{axis}: not every value"
+
+
+def test_demo_config_dry_run(tmp_path):
+    result = run_snakemake(tmp_path, [], tiny_config(), "--dry-run", "--workflow-profile", "none")
+    assert "rule all:" in result.stdout or "all " in result.stdout
+
+
+def write_nsd_tree(root: Path, subjects: list[str], sessions: int) -> None:
+    """Empty files at every NSD path the workflow reads: a dry run checks names, not contents."""
+    relpaths = [EXPDESIGN_RELPATH, STIM_INFO_RELPATH, STIMULI_RELPATH]
+    relpaths += [captions_relpath(split) for split in CAPTION_SPLITS]
+    for subject in subjects:
+        relpaths.append(mask_relpath(subject))
+        relpaths += [betas_relpath(subject, session) for session in range(1, sessions + 1)]
+    for relpath in relpaths:
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).touch()
+
+
+def planned_jobs(dry_run_output: str) -> list[dict]:
+    """Each job of a dry run's listing: rule, output list, wildcards and resources (dicts)."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        header = re.match(r"(?:local)?rule (\w+):", block)
+        if not header:
+            continue
+        fields = {}
+        for name in ("wildcards", "resources"):
+            line = re.search(rf"^\s+{name}: (.*)$", block, re.M)
+            fields[name] = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
+        output = re.search(r"^\s+output: (.*)$", block, re.M)
+        jobs.append({"rule": header.group(1), "output": output.group(1).split(", ") if output else [], **fields})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """The dry run a user starts on the cluster: the SLURM profile, config/nsd.yaml, an NSD tree
+    with subjects 1, 2, 5, 7 (37 sessions) and every weights file present."""
+    workdir = tmp_path_factory.mktemp("paper")
+    config = yaml.safe_load(NSD_CONFIG.read_text())
+    write_nsd_tree(workdir / config["nsd_root"], PAPER_SUBJECTS, config["prepare"]["sessions"])
+    weights = [s for s in _strings(config) if s.startswith("resources/weights/")]
+    for path in weights:
+        (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / path).touch()
+    result = snakemake(
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--configfile",
+        str(NSD_CONFIG),
+        "--dry-run",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, f"dry run of config/nsd.yaml failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    return planned_jobs(result.stdout)
+
+
+def test_paper_dry_run_plans_every_subject_and_fig3(paper_plan):
+    subjects = {job["wildcards"].get("subject") for job in paper_plan}
+    assert set(PAPER_SUBJECTS) <= subjects
+    for rule in ("prepare_subject", "train_mapper", "finetune_generator", "reconstruct"):
+        planned = {job["wildcards"]["subject"] for job in paper_plan if job["rule"] == rule}
+        assert planned == set(PAPER_SUBJECTS), f"{rule} is planned for {sorted(planned)}"
+    assert any("results/figures/fig3.pdf" in job["output"] for job in paper_plan), "fig3 is not planned"
+
+
+# Rules that run neural networks: on the cluster they must get a GPU (ridge mappers excepted).
+GPU_RULES = {
+    "embed_images",
+    "embed_captions",
+    "train_mapper",
+    "pretrain_generator",
+    "finetune_generator",
+    "finetune_e2e",
+    "reconstruct",
+    "evaluate_run",
+}
+
+
+def test_paper_dry_run_gives_network_jobs_a_gpu(paper_plan):
+    network_jobs = [job for job in paper_plan if job["rule"] in GPU_RULES]
+    assert network_jobs, "no job of a network rule is planned"
+    for job in network_jobs:
+        wants_gpu = job["wildcards"].get("mapper") != "ridge" or job["rule"] != "train_mapper"
+        assert (int(job["resources"].get("gpu", 0)) >= 1) == wants_gpu, job
+        assert "slurm_partition" in job["resources"], job
