@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, run_snakemake, tiny_config
+from test_slurm_profile import without_conda
 
 from mindreader.nsd_paths import (
     CAPTION_SPLITS,
@@ -179,11 +180,15 @@ def planned_jobs(dry_run_output: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def paper_plan(tmp_path_factory):
-    """The dry run a user starts on the cluster: the SLURM profile, config/nsd.yaml, an NSD tree
-    with subjects 1, 2, 5, 7 (37 sessions) and every weights file present."""
+    """The dry run a user starts on the cluster: the SLURM profile (less conda, which cannot run
+    here), config/nsd.yaml, an NSD tree with subjects 1, 2, 5, 7 (37 sessions) and every weights
+    file present."""
     workdir = tmp_path_factory.mktemp("paper")
     config = yaml.safe_load(NSD_CONFIG.read_text())
     write_nsd_tree(workdir / config["nsd_root"], PAPER_SUBJECTS, config["prepare"]["sessions"])
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    (workdir / "profile").mkdir()
+    (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(without_conda(profile), sort_keys=False))
     weights = [s for s in _strings(config) if s.startswith("resources/weights/")]
     for path in weights:
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +197,7 @@ def paper_plan(tmp_path_factory):
         "--directory",
         str(workdir),
         "--profile",
-        str(REPO / "profiles" / "slurm"),
+        str(workdir / "profile"),
         "--configfile",
         str(NSD_CONFIG),
         "--dry-run",
