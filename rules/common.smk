@@ -30,8 +30,17 @@ def nsd_inputs(*relpaths):
 
 
 def get_final_output():
-    """Everything `rule all` builds: grows as the stages land."""
-    return expand("results/prepared/{subject}.h5", subject=SUBJECTS)
+    """Everything `rule all` builds: every table and figure, and each stage's products on the way.
+
+    The target functions live with their stages (mappers.smk, generator.smk, evaluate.smk); they
+    are called when `rule all` is defined, after every stage file has been included.
+    """
+    return [
+        *expand("results/prepared/{subject}.h5", subject=SUBJECTS),
+        *mapper_targets(),
+        *generator_targets(),
+        *evaluation_targets(),
+    ]
 
 
 # --- Runs: one reconstruction per (subject, mapper, loss, variant, strategy) -------------------
