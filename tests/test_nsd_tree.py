@@ -37,13 +37,13 @@ class TinyTree:
     captions: dict[int, list[str]]  # nsdId -> captions
 
 
-def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0) -> TinyTree:
-    """Two subjects, three sessions of 12 trials, 4 shared + 8 own images each, repeats spread
-    over sessions (some within one session), one constant voxel in each mask (zero std)."""
+def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0, n_subjects: int = N_SUBJECTS) -> TinyTree:
+    """``n_subjects`` subjects, three sessions of 12 trials, 4 shared + 8 own images each, repeats
+    spread over sessions (some within one session), one constant voxel in each mask (zero std)."""
     rng = np.random.default_rng(seed)
-    n_images = N_SHARED + N_SUBJECTS * (N_SLOTS - N_SHARED)
-    subjectim = np.zeros((N_SUBJECTS, N_SLOTS), np.int64)
-    for s in range(N_SUBJECTS):
+    n_images = N_SHARED + n_subjects * (N_SLOTS - N_SHARED)
+    subjectim = np.zeros((n_subjects, N_SLOTS), np.int64)
+    for s in range(n_subjects):
         subjectim[s, :N_SHARED] = np.arange(N_SHARED)
         subjectim[s, N_SHARED:] = N_SHARED + s * (N_SLOTS - N_SHARED) + np.arange(N_SLOTS - N_SHARED)
     masterordering = rng.permutation(np.repeat(np.arange(N_SLOTS), REPEATS))
@@ -51,7 +51,7 @@ def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0) -> Tin
     nsd_write.write_expdesign(root, masterordering, subjectim, sharedix)
 
     masks, betas = {}, {}
-    for subject in range(1, N_SUBJECTS + 1):
+    for subject in range(1, n_subjects + 1):
         mask = rng.choice(np.array([-1, 0, 1], np.int16), size=VOLUME, p=[0.3, 0.3, 0.4])
         mask[1, 2, 3] = 1  # the constant voxel
         nsd_write.write_mask(root, subject, mask)
@@ -68,7 +68,7 @@ def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0) -> Tin
         "cocoSplit": np.where(np.arange(n_images) % 2 == 0, "train2017", "val2017"),
         "shared1000": np.arange(n_images) < N_SHARED,
     }
-    for s in range(N_SUBJECTS):
+    for s in range(n_subjects):
         shown_ids = subjectim[s, masterordering]
         table[f"subject{s + 1}"] = np.isin(np.arange(n_images), shown_ids).astype(int)
         reps = np.zeros((n_images, REPEATS), np.int64)

@@ -127,24 +127,21 @@ def test_contract_dtypes_attrs_and_the_zero_std_voxel(tree, tmp_path):
 # --- bad input: a clear error naming the file, and no output left ------------------------------
 
 
-BAD_INPUTS = {
-    "truncated betas": lambda root: _truncate(root / betas_relpath(1, 2)),
-    "unreadable betas": lambda root: (root / betas_relpath(1, 2)).write_bytes(b"\x1f\x8b garbage"),
-    "missing session": lambda root: (root / betas_relpath(1, 3)).unlink(),
-    "mask of another shape": lambda root: nsd_write.write_mask(root, 1, np.ones((5, 6, 3), np.int16)),
-    "design without subjectim": lambda root: _drop_design_key(root, "subjectim"),
-    "subject not in the design": lambda root: _drop_design_key(root, None),
+BAD_INPUTS = {  # case -> damage(root, subject number)
+    "truncated betas": lambda root, s: _truncate(root / betas_relpath(s, 2)),
+    "unreadable betas": lambda root, s: (root / betas_relpath(s, 2)).write_bytes(b"\x1f\x8b garbage"),
+    "missing session": lambda root, s: (root / betas_relpath(s, 3)).unlink(),
+    "mask of another shape": lambda root, s: nsd_write.write_mask(root, s, np.ones((5, 6, 3), np.int16)),
+    "design without subjectim": lambda root, s: _rewrite_design(root, drop="subjectim"),
+    "subject not in the design": lambda root, s: _rewrite_design(root, subjects=s - 1),
 }
-SUBJECT = {
-    "subject not in the design": "subj02",
-}
-EXPECTED_MESSAGE = {
-    "truncated betas": "betas_session02.nii.gz: truncated",
-    "unreadable betas": "betas_session02.nii.gz: (cannot read|damaged)",
-    "missing session": "betas_session03.nii.gz: missing",
-    "mask of another shape": r"nsdgeneral.nii.gz: mask shape \(5, 6, 3\) does not match",
+EXPECTED_MESSAGE = {  # a regular expression, formatted with the subject's name
+    "truncated betas": "{subject}/.*betas_session02.nii.gz: truncated",
+    "unreadable betas": "{subject}/.*betas_session02.nii.gz: (cannot read|damaged)",
+    "missing session": "{subject}/.*betas_session03.nii.gz: missing",
+    "mask of another shape": r"{subject}/.*nsdgeneral.nii.gz: mask shape \(5, 6, 3\) does not match",
     "design without subjectim": "nsd_expdesign.mat: lacks subjectim",
-    "subject not in the design": "nsd_expdesign.mat: subject subj02 is not in the design",
+    "subject not in the design": "nsd_expdesign.mat: subject {subject} is not in the design",
 }
 
 
@@ -153,29 +150,30 @@ def _truncate(path):
     path.write_bytes(content[: len(content) // 2])
 
 
-def _drop_design_key(root, key):
-    """Rewrite the design without ``key``; with None, keep subjectim's first subject only."""
+def _rewrite_design(root, drop: str | None = None, subjects: int | None = None):
+    """Rewrite the design without the key ``drop``, or with subjectim's first ``subjects`` rows."""
     path = root / EXPDESIGN_RELPATH
-    mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__") and k != key}
-    if key is None:
-        mat["subjectim"] = mat["subjectim"][:1]
+    mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__") and k != drop}
+    if subjects is not None:
+        mat["subjectim"] = mat["subjectim"][:subjects]
     scipy.io.savemat(path, mat)
 
 
-def damaged_tree(tmp_path, case: str):
+def damaged_tree(tmp_path, damages: dict[int, str], n_subjects: int = 2):
+    """A tiny tree (NIfTI betas) with ``damages[subject number]`` done to it."""
     root = tmp_path / "nsd"
-    write_tiny_tree(root, formats=("nifti",))
-    BAD_INPUTS[case](root)
+    write_tiny_tree(root, formats=("nifti",), n_subjects=n_subjects)
+    for subject, case in damages.items():
+        BAD_INPUTS[case](root, subject)
     return root
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_names_the_file_and_leaves_no_output(tmp_path, case):
-    root = damaged_tree(tmp_path, case)
-    subject = SUBJECT.get(case, "subj01")
-    output = tmp_path / "out" / f"{subject}.h5"
-    with pytest.raises(NSDFormatError, match=EXPECTED_MESSAGE[case]):
-        prepare_subject(NSD(root), subject, PrepareOptions(sessions=SESSIONS), output)
+    root = damaged_tree(tmp_path, {2: case})
+    output = tmp_path / "out" / "subj02.h5"
+    with pytest.raises(NSDFormatError, match=EXPECTED_MESSAGE[case].format(subject="subj02")):
+        prepare_subject(NSD(root), "subj02", PrepareOptions(sessions=SESSIONS), output)
     assert not output.exists() and not list(output.parent.glob("*"))
 
 

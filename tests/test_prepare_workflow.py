@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import run_snakemake, tiny_config
 from test_nsd_tree import SESSIONS, write_tiny_tree
-from test_prepare import BAD_INPUTS, EXPECTED_MESSAGE, SUBJECT, damaged_tree
+from test_prepare import EXPECTED_MESSAGE, damaged_tree
 
 from mindreader.nsd import NSD
 from mindreader.prepare import PrepareOptions, prepare_subject
@@ -48,18 +48,38 @@ def test_rule_on_a_real_layout_tree_equals_the_library(tmp_path):
             np.testing.assert_array_equal(rule_file[name][()], library_file[name][()])
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_fails_the_rule_naming_the_file(tmp_path, case):
-    root = damaged_tree(tmp_path, case)
-    subject = SUBJECT.get(case, "subj01")
+def run_on_damaged_tree(tmp_path, damages: dict[int, str], n_subjects: int):
+    """Run prepare for every damaged subject (--keep-going: each job fails on its own)."""
+    root = damaged_tree(tmp_path, damages, n_subjects)
+    subjects = [f"subj{number:02d}" for number in damages]
+    config = real_tree_config(root)
+    config["subjects"] = subjects
     workdir = tmp_path / "run"
-    result = run_snakemake(workdir, [f"results/prepared/{subject}.h5"], real_tree_config(root), check=False)
-    assert result.returncode != 0
-    log = workdir / f"results/logs/prepare_subject/{subject}.log"
-    said = result.stdout + result.stderr + (log.read_text() if log.exists() else "")
-    if case == "missing session":  # Snakemake itself names the missing input before any job runs
-        assert "MissingInputException" in said and "betas_session03.nii.gz" in said
-    else:
-        assert re.search(r"NSD(Missing|Format)Error: .*" + EXPECTED_MESSAGE[case], said), said[-3000:]
+    targets = [f"results/prepared/{subject}.h5" for subject in subjects]
+    result = run_snakemake(workdir, targets, config, "--keep-going", check=False)
     prepared = workdir / "results/prepared"
     assert not prepared.exists() or not list(prepared.iterdir())
+    return result, workdir
+
+
+def test_bad_inputs_of_single_subjects_fail_their_jobs_naming_the_file(tmp_path):
+    # one Snakemake run covers four cases, one subject each
+    damages = {1: "truncated betas", 2: "unreadable betas", 3: "mask of another shape", 4: "subject not in the design"}
+    result, workdir = run_on_damaged_tree(tmp_path, damages, n_subjects=4)
+    assert result.returncode != 0
+    for number, case in damages.items():
+        subject = f"subj{number:02d}"
+        log = (workdir / f"results/logs/prepare_subject/{subject}.log").read_text()
+        assert re.search(r"NSD(Missing|Format)Error: .*" + EXPECTED_MESSAGE[case].format(subject=subject), log), log
+
+
+@pytest.mark.parametrize("case", ["design without subjectim", "missing session"])
+def test_bad_inputs_of_the_whole_tree_fail_the_rule_naming_the_file(tmp_path, case):
+    result, workdir = run_on_damaged_tree(tmp_path, {1: case}, n_subjects=2)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    if case == "missing session":  # Snakemake itself names the missing input before any job runs
+        assert "MissingInputException" in said and "subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session03.nii.gz" in said
+    else:
+        log = (workdir / "results/logs/prepare_subject/subj01.log").read_text()
+        assert re.search(r"NSDFormatError: .*" + EXPECTED_MESSAGE[case], log), log
