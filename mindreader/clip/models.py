@@ -98,7 +98,7 @@ class FrozenClip(nn.Module):
         self.std = tuple(float(v) for v in cfg["std"])
         self.interpolation = cfg.get("interpolation", "bicubic")
         self.resize_mode = cfg.get("resize_mode", "shortest")
-        self.embed_dim = int(model.text_projection.shape[1] if model.text_projection is not None else model.visual.output_dim)
+        self.embed_dim = int(model.visual.output_dim)  # both towers project to this (open_clip's embed_dim)
         for p in self.model.parameters():
             p.requires_grad_(False)
         super().train(False)
