@@ -137,7 +137,9 @@ def main() -> None:
         for method in METHODS:
             child = subprocess.run(
                 [sys.executable, __file__, "--workdir", str(args.workdir), "--method", method],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             r = json.loads(child.stdout.strip().splitlines()[-1])
             runs[method].append(r)
@@ -155,7 +157,9 @@ def main() -> None:
     print("CPU time is the steadier measure on a shared machine; single-threaded, so unloaded wall ~ CPU")
     print(f"{'method':16s} {'wall / floor':>12s} {'CPU / floor':>12s} {'peak RSS / session':>19s}")
     for method, r in results.items():
-        print(f"{method:16s} {r['seconds'] / floor:12.2f} {cpu[method] / floor_cpu:12.2f} {r['peak_rss_mb'] / session_mb:19.3f}")
+        print(
+            f"{method:16s} {r['seconds'] / floor:12.2f} {cpu[method] / floor_cpu:12.2f} {r['peak_rss_mb'] / session_mb:19.3f}"
+        )
     project = results["project_prepare"]
     print(
         f"\nproject_prepare: {project['seconds'] / floor:.2f}x the floor's wall time, "

@@ -192,7 +192,9 @@ class NSD:
             flagged = np.flatnonzero(table["shared1000"].to_numpy(dtype=bool))
             listed = table.index.to_numpy()[flagged]
             if not np.array_equal(np.sort(listed), np.sort(self.design.sharedix)):
-                raise NSDFormatError(f"{path}: shared1000 does not flag the same images as sharedix in {self.design.path}")
+                raise NSDFormatError(
+                    f"{path}: shared1000 does not flag the same images as sharedix in {self.design.path}"
+                )
 
     # --- betas and mask ------------------------------------------------------------------------
 

@@ -183,7 +183,9 @@ def _iter_nifti_volumes(betas: BetasFile, chunk_trials: int) -> Iterator[tuple[i
             piece, filled = piece[take:], filled + take
             if filled == len(chunk) or start + filled // volume_bytes == betas.n_trials:
                 n = filled // volume_bytes
-                yield start, np.frombuffer(chunk, dtype=betas.dtype, count=n * volume_bytes // betas.dtype.itemsize).reshape(n, -1)
+                yield start, np.frombuffer(
+                    chunk, dtype=betas.dtype, count=n * volume_bytes // betas.dtype.itemsize
+                ).reshape(n, -1)
                 start, filled = start + n, 0
 
 

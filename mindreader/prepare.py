@@ -148,7 +148,12 @@ def prepare_subject(nsd: NSD, subject: str, options: PrepareOptions, output: str
         nsd.betas_file(subject, session, options.betas_format, mask)
     log.info(
         "%s: %d sessions, %d trials, %d voxels; train %d samples, test %d samples",
-        subject, options.sessions, len(trials), mask.n_voxels, parts["train"].n_rows, parts["test"].n_rows,
+        subject,
+        options.sessions,
+        len(trials),
+        mask.n_voxels,
+        parts["train"].n_rows,
+        parts["test"].n_rows,
     )
     formats = []
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:

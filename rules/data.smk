@@ -7,7 +7,6 @@ from mindreader.nsd_paths import (
     present_betas_format,
 )
 
-
 if SYNTHETIC:
 
     rule synthesize_nsd:
@@ -39,11 +38,15 @@ def prepare_inputs(wildcards):
     for session in range(1, config["prepare"]["sessions"] + 1):
         if fmt == "auto":
             # none present: name the NIfTI, so that Snakemake reports the missing file
-            chosen = present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+            chosen = (
+                present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+            )
         else:
             chosen = fmt
         betas.append(betas_relpath(wildcards.subject, session, chosen))
-    return nsd_inputs(EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas)
+    return nsd_inputs(
+        EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas
+    )
 
 
 rule prepare_subject:

@@ -195,5 +195,7 @@ def test_stim_info_that_disagrees_with_the_design(tmp_path, tree):
     table.loc[table["subject1_rep0"] == 1, "subject1_rep0"] = 2
     nsd_write.write_stim_info(tmp_path, table)
     nsd = NSD(tmp_path)
-    with pytest.raises(NSDFormatError, match="nsd_stim_info_merged.csv: disagrees with .*nsd_expdesign.mat: global trial 1"):
+    with pytest.raises(
+        NSDFormatError, match="nsd_stim_info_merged.csv: disagrees with .*nsd_expdesign.mat: global trial 1"
+    ):
         nsd.check_stim_info(1, nsd.subject_trials(1, 1))

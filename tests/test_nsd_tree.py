@@ -84,9 +84,7 @@ def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0, n_subj
     for split in ("train2017", "val2017"):
         ids = [i for i in range(n_images) if table["cocoSplit"][i] == split]
         annotations = [
-            {"id": 10 * i + k, "image_id": 1000 + i, "caption": text}
-            for i in ids
-            for k, text in enumerate(captions[i])
+            {"id": 10 * i + k, "image_id": 1000 + i, "caption": text} for i in ids for k, text in enumerate(captions[i])
         ]
         nsd_write.write_captions(root, split, [{"id": 1000 + i} for i in ids], annotations)
     return TinyTree(root, masterordering, subjectim, sharedix, masks, betas, images, captions)

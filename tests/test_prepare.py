@@ -75,15 +75,23 @@ def read_prepared(path) -> dict:
 
 
 COMBINATIONS = list(
-    itertools.product(["session", "train", "none"], ["single", "average"], ["average", "single"], ["shared1000", "first_appearance"])
+    itertools.product(
+        ["session", "train", "none"], ["single", "average"], ["average", "single"], ["shared1000", "first_appearance"]
+    )
 )
 
 
 @pytest.mark.parametrize("zscore,train_repeats,test_repeats,split", COMBINATIONS)
 def test_prepared_subject_matches_the_numpy_definitions(tree, tmp_path, zscore, train_repeats, test_repeats, split):
     options = PrepareOptions(
-        sessions=SESSIONS, zscore=zscore, train_repeats=train_repeats, test_repeats=test_repeats,
-        split=split, test_fraction=0.3, betas_format="nifti", chunk_trials=5,
+        sessions=SESSIONS,
+        zscore=zscore,
+        train_repeats=train_repeats,
+        test_repeats=test_repeats,
+        split=split,
+        test_fraction=0.3,
+        betas_format="nifti",
+        chunk_trials=5,
     )
     output = tmp_path / "subj02.h5"
     prepare_subject(NSD(tree.root), "subj02", options, output)
@@ -112,9 +120,19 @@ def test_contract_dtypes_attrs_and_the_zero_std_voxel(tree, tmp_path):
     options = PrepareOptions(sessions=2, zscore="session")
     summary = prepare_subject(NSD(tree.root), "subj01", options, tmp_path / "subj01.h5")
     got = read_prepared(tmp_path / "subj01.h5")
-    assert got["dtypes"] == {"train/betas": np.float32, "train/nsd_id": np.int64, "test/trial": np.int64, "voxel_xyz": np.int32}
+    assert got["dtypes"] == {
+        "train/betas": np.float32,
+        "train/nsd_id": np.int64,
+        "test/trial": np.int64,
+        "voxel_xyz": np.int32,
+    }
     attrs = got["attrs"]
-    assert (attrs["subject"], attrs["sessions"], attrs["zscore"], attrs["split"]) == ("subj01", 2, "session", "shared1000")
+    assert (attrs["subject"], attrs["sessions"], attrs["zscore"], attrs["split"]) == (
+        "subj01",
+        2,
+        "session",
+        "shared1000",
+    )
     assert (attrs["train_repeats"], attrs["test_repeats"]) == ("single", "average")
     assert attrs["n_voxels"] == summary["n_voxels"] == int((tree.masks[1] > 0).sum())
     constant = np.flatnonzero((got["voxel_xyz"] == [1, 2, 3]).all(axis=1))[0]

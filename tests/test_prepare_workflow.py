@@ -79,7 +79,10 @@ def test_bad_inputs_of_the_whole_tree_fail_the_rule_naming_the_file(tmp_path, ca
     assert result.returncode != 0
     said = result.stdout + result.stderr
     if case == "missing session":  # Snakemake itself names the missing input before any job runs
-        assert "MissingInputException" in said and "subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session03.nii.gz" in said
+        assert (
+            "MissingInputException" in said
+            and "subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session03.nii.gz" in said
+        )
     else:
         log = (workdir / "results/logs/prepare_subject/subj01.log").read_text()
         assert re.search(r"NSDFormatError: .*" + EXPECTED_MESSAGE[case], log), log
