@@ -53,7 +53,7 @@ def missing_weights_message(cfg):
         return None
     listed = ", ".join("%s (%s)" % (w["name"], w["path"]) for w in missing)
     return (
-        "Pretrained weights not present (rules that need them cannot run): %s. Fetch them with "
+        "Pretrained weights named in the config are not present: %s. Fetch them with "
         "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet."
         % listed
     )
