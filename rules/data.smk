@@ -58,6 +58,8 @@ rule prepare_subject:
         "results/logs/prepare_subject/{subject}.log",
     benchmark:
         "results/benchmarks/prepare_subject/{subject}.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         # measured: ~0.2 GB for one full-size session; a real subject adds its averaged samples
