@@ -45,4 +45,4 @@ except TrainingInterrupted as err:
 except Exception:
     log.exception("generator %s failed", stage)
     raise
-write_provenance(sm.output[0], config, config["seed"], stage=stage)
+write_provenance(job["output_dir"], config, config["seed"], stage=stage)
