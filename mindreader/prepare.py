@@ -159,10 +159,12 @@ def prepare_subject(nsd: NSD, subject: str, options: PrepareOptions, output: str
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
         datasets = _create_datasets(h5, parts, mask)
         sums = {name: np.zeros((p.n_rows, mask.n_voxels), np.float32) for name, p in parts.items() if p.average}
+        # one session's masked int16 betas, refilled for each session
+        raw = np.empty((nsd.design.trials_per_session, mask.n_voxels), np.int16)
         for session in tqdm(range(1, options.sessions + 1), desc=f"prepare {subject}", unit="session"):
             fmt = nsd.betas_format(subject, session, options.betas_format)
             formats.append(fmt)
-            raw = _read_session(nsd, subject, session, mask, fmt, options.chunk_trials)
+            _read_session(nsd, subject, session, mask, fmt, options.chunk_trials, out=raw)
             offset, scale = _session_transform(raw, options.zscore)
             first_trial = (session - 1) * nsd.design.trials_per_session
             _distribute(raw, offset, scale, first_trial, parts, datasets, sums)
@@ -188,17 +190,17 @@ def _create_datasets(h5: h5py.File, parts: dict[str, Part], mask: Mask) -> dict[
     return datasets
 
 
-def _read_session(nsd: NSD, subject: str, session: int, mask: Mask, fmt: str, chunk_trials: int) -> np.ndarray:
-    """int16 (trials, voxels) of one session, assembled chunk by chunk."""
+def _read_session(
+    nsd: NSD, subject: str, session: int, mask: Mask, fmt: str, chunk_trials: int, out: np.ndarray
+) -> None:
+    """Fill ``out``, int16 (trials, voxels), with one session, chunk by chunk."""
     betas = nsd.betas_file(subject, session, fmt, mask)
-    raw = np.empty((betas.n_trials, mask.n_voxels), np.int16)
     filled = 0
     for start, chunk in iter_masked_betas(betas, mask, chunk_trials):
-        raw[start : start + len(chunk)] = chunk
+        out[start : start + len(chunk)] = chunk
         filled += len(chunk)
-    if filled != betas.n_trials:
-        raise RuntimeError(f"{betas.path}: read {filled} of {betas.n_trials} trials")
-    return raw
+    if filled != len(out):
+        raise RuntimeError(f"{betas.path}: read {filled} of {len(out)} trials")
 
 
 def _session_transform(raw: np.ndarray, zscore: str) -> tuple[np.ndarray, np.ndarray]:
