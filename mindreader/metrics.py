@@ -126,7 +126,12 @@ def pixcorr_per_image(gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE) ->
     for start in range(0, len(gt), PIXEL_CHUNK):
         a = resize_images(gt[start : start + PIXEL_CHUNK], side).reshape(-1, side * side * 3)
         b = resize_images(rec[start : start + PIXEL_CHUNK], side).reshape(-1, side * side * 3)
-        scores.append((_standardise(a) * _standardise(b)).mean(axis=1))
+        # float32 pixels, float64 sums: exact enough (~1e-7) and half the memory traffic
+        a -= a.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        b -= b.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        cross = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
+        scores.append(np.divide(cross, norms, out=np.zeros_like(cross), where=norms > 0))
     return np.concatenate(scores)
 
 
