@@ -68,6 +68,8 @@ def screen_captions(
     seed: int,  # seed of random_topk
 ) -> dict[str, np.ndarray]:
     """Embed every caption, score it with its image, select per image; arrays for captions.h5."""
+    if len(nsd_ids) > 1 and not np.all(np.diff(nsd_ids) > 0):
+        raise ValueError("nsd_ids must be unique and ascending, as in images.h5")
     missing = [int(i) for i in nsd_ids if not captions.get(int(i))]
     if missing:
         raise ValueError(f"{len(missing)} images have no captions (first nsdIds: {missing[:10]})")
