@@ -32,12 +32,16 @@ def evaluation_predictions(w):
     if w.strategy == "e2e":
         e2e = run_path("results/generator", "/e2e_pred_test.h5", dict(w.items()))
         return {"e2e": e2e}
-    return {t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5" for t in ("img", "cap")}
+    return {
+        t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5"
+        for t in ("img", "cap")
+    }
 
 
 def evaluation_clip_files():
     """The CLIP of the CLIP metrics is an input only when it is the workflow's own (the demo CLIP
-    is made by a rule); another CLIP, like the networks, may be absent (metrics missing)."""
+    is made by a rule); another CLIP, like the networks, may be absent (metrics missing).
+    """
     return clip_model_files() if EVAL["clip"] is None else []
 
 
@@ -62,7 +66,9 @@ def data_description():
 
 def evaluation_targets():
     """Every table and figure (for `rule all`); the per-run metrics come with them."""
-    tables = expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex"))
+    tables = expand(
+        "results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex")
+    )
     return tables + figure_targets()
 
 
@@ -75,19 +81,19 @@ rule evaluate_run:
     output:
         json=f"results/metrics/{RUN_WILDCARDS}.json",
         per_image=f"results/metrics/{RUN_WILDCARDS}.per_image.csv",
-    wildcard_constraints:
-        **EVAL_CONSTRAINTS,
-    params:
-        predictions=evaluation_predictions,
-        weights_present=weights_present(),
-        data=data_description(),
     log:
         f"results/logs/evaluate/{RUN_WILDCARDS}.log",
     benchmark:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}.tsv"
+    wildcard_constraints:
+        **EVAL_CONSTRAINTS,
     threads: 2
     resources:
         mem_mb=8000,
+    params:
+        predictions=evaluation_predictions,
+        weights_present=weights_present(),
+        data=data_description(),
     script:
         "../scripts/evaluate_run.py"
 
@@ -110,10 +116,10 @@ rule make_tables:
             for name in TABLE_NAMES
             for ext in ("csv", "md", "tex")
         },
+    log:
+        "results/logs/make_tables.log",
     params:
         runs=evaluation_runs(),
         data=data_description(),
-    log:
-        "results/logs/make_tables.log",
     script:
         "../scripts/make_tables.py"

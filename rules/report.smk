@@ -2,8 +2,14 @@
 # every table and figure below with its caption (rules/report/*.rst), one category per stage.
 from mindreader.nsd_paths import STIMULI_RELPATH
 
+
+report: "report/workflow.rst"
+
+
 MAIN = config["ablations"]["main"]
-FIGURE_SUBJECT = next((s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0])
+FIGURE_SUBJECT = next(
+    (s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0]
+)
 
 
 def main_run(subject, **changes):
@@ -19,12 +25,18 @@ def reconstruction_file(run):
 
 def fig3_rows():
     """(label, reconstructions file) per conditioning variant of the ablation subject."""
-    return [(v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v))) for v in config["ablations"]["variants"]]
+    return [
+        (v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v)))
+        for v in config["ablations"]["variants"]
+    ]
 
 
 def subject_grid_rows(subject):
     """(label, reconstructions file) per mapper of the comparison table."""
-    return [(m, reconstruction_file(main_run(subject, mapper=m))) for m in config["ablations"]["mappers"]]
+    return [
+        (m, reconstruction_file(main_run(subject, mapper=m)))
+        for m in config["ablations"]["mappers"]
+    ]
 
 
 def figure_targets():
@@ -34,9 +46,11 @@ def figure_targets():
         figure=("reconstructions", "training_curves", "retrieval"),
         ext=("pdf", "png"),
     )
-    return ["results/figures/fig3.pdf", "results/figures/fig3.png", *per_subject] + expand(
-        "results/figures/metrics_conditioning.{ext}", ext=("pdf", "png")
-    )
+    return [
+        "results/figures/fig3.pdf",
+        "results/figures/fig3.png",
+        *per_subject,
+    ] + expand("results/figures/metrics_conditioning.{ext}", ext=("pdf", "png"))
 
 
 def figure_png(path, caption, subcategory):
@@ -50,12 +64,12 @@ rule fig3:
     output:
         pdf="results/figures/fig3.pdf",
         png=figure_png("results/figures/fig3.png", "report/fig3.rst", "reconstructions"),
+    log:
+        "results/logs/figures/fig3.log",
     params:
         labels=[label for label, _ in fig3_rows()],
         title=f"Reconstructions of {FIGURE_SUBJECT}'s test images per conditioning variant "
         f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
-    log:
-        "results/logs/figures/fig3.log",
     script:
         "../scripts/plot_reconstructions.py"
 
@@ -66,13 +80,17 @@ rule subject_reconstructions:
         nsd=nsd_inputs(STIMULI_RELPATH),
     output:
         pdf="results/figures/{subject}/reconstructions.pdf",
-        png=figure_png("results/figures/{subject}/reconstructions.png", "report/subject_reconstructions.rst", "reconstructions"),
+        png=figure_png(
+            "results/figures/{subject}/reconstructions.png",
+            "report/subject_reconstructions.rst",
+            "reconstructions",
+        ),
+    log:
+        "results/logs/figures/{subject}/reconstructions.log",
     params:
         labels=lambda w: [label for label, _ in subject_grid_rows(w.subject)],
         title=lambda w: f"Reconstructions of {w.subject}'s test images per mapper "
         f"(variant {MAIN['variant']}, strategy {MAIN['strategy']})",
-    log:
-        "results/logs/figures/{subject}/reconstructions.log",
     script:
         "../scripts/plot_reconstructions.py"
 
@@ -80,18 +98,25 @@ rule subject_reconstructions:
 rule training_curves:
     input:
         mapper_curves=lambda w: [
-            f"results/mappers/{w.subject}/{MAIN['mapper']}/{MAIN['loss']}/{t}/curve.csv" for t in ("img", "cap")
+            f"results/mappers/{w.subject}/{MAIN['mapper']}/{MAIN['loss']}/{t}/curve.csv"
+            for t in ("img", "cap")
         ],
-        generator_losses=lambda w: run_path("results/generator", "/losses.csv", main_run(w.subject)),
+        generator_losses=lambda w: run_path(
+            "results/generator", "/losses.csv", main_run(w.subject)
+        ),
     output:
         pdf="results/figures/{subject}/training_curves.pdf",
-        png=figure_png("results/figures/{subject}/training_curves.png", "report/training_curves.rst", "training"),
+        png=figure_png(
+            "results/figures/{subject}/training_curves.png",
+            "report/training_curves.rst",
+            "training",
+        ),
+    log:
+        "results/logs/figures/{subject}/training_curves.log",
     params:
         mapper_labels=["img mapper", "cap mapper"],
         generator_label=f"G {MAIN['variant']} {MAIN['strategy']}",
         title=lambda w: f"Training curves of {w.subject}'s main run (mapper {MAIN['mapper']}, loss {MAIN['loss']})",
-    log:
-        "results/logs/figures/{subject}/training_curves.log",
     script:
         "../scripts/plot_training_curves.py"
 
@@ -102,13 +127,17 @@ rule retrieval_examples:
         nsd=nsd_inputs(STIMULI_RELPATH),
     output:
         pdf="results/figures/{subject}/retrieval.pdf",
-        png=figure_png("results/figures/{subject}/retrieval.png", "report/retrieval.rst", "retrieval"),
+        png=figure_png(
+            "results/figures/{subject}/retrieval.png",
+            "report/retrieval.rst",
+            "retrieval",
+        ),
+    log:
+        "results/logs/figures/{subject}/retrieval.log",
     params:
         n_brains=config["evaluation"]["retrieval_examples"],
         title=lambda w: f"{w.subject}: top-5 test images retrieved from the predicted CLIP image embedding "
         f"(mapper {MAIN['mapper']}, loss {MAIN['loss']})",
-    log:
-        "results/logs/figures/{subject}/retrieval.log",
     script:
         "../scripts/plot_retrieval.py"
 
@@ -121,12 +150,16 @@ rule metric_bars:
         ],
     output:
         pdf="results/figures/metrics_conditioning.pdf",
-        png=figure_png("results/figures/metrics_conditioning.png", "report/metric_bars.rst", "metrics"),
+        png=figure_png(
+            "results/figures/metrics_conditioning.png",
+            "report/metric_bars.rst",
+            "metrics",
+        ),
+    log:
+        "results/logs/figures/metrics_conditioning.log",
     params:
         labels=config["ablations"]["variants"],
         title=f"{FIGURE_SUBJECT}: metrics per conditioning variant, 95 % bootstrap CIs "
         f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
-    log:
-        "results/logs/figures/metrics_conditioning.log",
     script:
         "../scripts/plot_metric_bars.py"

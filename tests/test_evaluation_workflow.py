@@ -12,6 +12,7 @@ import pytest
 from conftest import run_snakemake, tiny_config
 
 from mindreader.clip.demo import build_demo_clip, save_demo_clip
+from mindreader.evaluation.tables import TABLE_NAMES
 from mindreader.io import read_json
 from mindreader.nsd import NSD
 
@@ -27,6 +28,8 @@ ABLATIONS = {
 }
 RUNS = [("cnn", "mse_cos_contrastive", v) for v in ("img", "cap", "img+cap")] + [("ridge", "mse", "img+cap")]
 EMBED_DIM = 8
+EVALUATION_RULES = ("evaluate_run", "make_tables", "fig3", "subject_reconstructions", "training_curves", "retrieval_examples", "metric_bars")
+FIGURES = ("fig3", "metrics_conditioning", "subj01/reconstructions", "subj01/training_curves", "subj01/retrieval")
 
 
 def _write_upstream(workdir, config):
@@ -51,26 +54,35 @@ def _write_upstream(workdir, config):
             with h5py.File(folder / "pred_test.h5", "w") as f:
                 f["nsd_id"], f["target"] = test_ids, true
                 f["pred"] = true + rng.standard_normal(true.shape).astype(np.float32)
+    for target in ("img", "cap"):  # the main mapper's training curve
+        curve = pd.DataFrame({"epoch": [1, 2, 3], "lr": 1e-3, "train_loss": [1.0, 0.7, 0.6], "val_loss": [1.1, 0.9, 0.95]})
+        curve.to_csv(workdir / f"results/mappers/subj01/cnn/mse_cos_contrastive/{target}/curve.csv", index=False)
+    losses = workdir / "results/generator/subj01/cnn/mse_cos_contrastive/img+cap/finetune/losses.csv"
+    losses.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"step": [10, 20, 30], "kimg": [0.3, 0.6, 0.9], "G/adv": [0.8, 0.7, 0.65], "D/r1": [0.1, 0.05, 0.04]}).to_csv(
+        losses, index=False
+    )
     demo_cfg = config["clip"]["demo"]
     model, _ = build_demo_clip(demo_cfg)  # random weights
     save_demo_clip(model, demo_cfg, workdir / demo_cfg["dir"])
     return test_ids
 
 
-def test_fig3_tables_and_report_from_a_tiny_synthetic_run(tmp_path):
+def test_figures_tables_and_report_from_a_tiny_synthetic_run(tmp_path):
     config = tiny_config(subjects=["subj01"], ablations=ABLATIONS, evaluation={"bootstrap": 100, "bootstrap_fd": 20})
     marker = f"{config['nsd_root']}/.synthetic_complete.json"
     run_snakemake(tmp_path, [marker], config)
     test_ids = _write_upstream(tmp_path, config)
 
-    tables = [f"results/tables/{name}.{ext}" for name in ("conditioning", "comparison") for ext in ("csv", "md", "tex")]
+    tables = [f"results/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md", "tex")]
+    figures = [f"results/figures/{name}.{ext}" for name in FIGURES for ext in ("pdf", "png")]
     # only the evaluation rules: the hand-made upstream files stand in for the earlier stages
     # (--nolock ends --allowed-rules' list, which would otherwise swallow the targets)
-    only_evaluation = ("--allowed-rules", "evaluate_run", "make_tables", "fig3", "--nolock")
-    run_snakemake(tmp_path, ["results/figures/fig3.pdf", *tables], config, *only_evaluation)
+    only_evaluation = ("--allowed-rules", *EVALUATION_RULES, "--nolock")
+    run_snakemake(tmp_path, [*figures, *tables], config, *only_evaluation)
+    for path in figures:
+        assert (tmp_path / path).stat().st_size > 0, path
 
-    assert (tmp_path / "results/figures/fig3.pdf").stat().st_size > 0
-    assert (tmp_path / "results/figures/fig3.png").stat().st_size > 0
     summary = read_json(tmp_path / "results/metrics/subj01/cnn/mse_cos_contrastive/img+cap/finetune.json")
     assert summary["n_images"] == len(test_ids)
     assert summary["data"]["synthetic"] is True
@@ -89,6 +101,8 @@ def test_fig3_tables_and_report_from_a_tiny_synthetic_run(tmp_path):
     assert "ours: ridge" in md and "[quoted, not measured]" in md and "Not measured (" in md
 
     report = tmp_path / "report.html"
-    run_snakemake(tmp_path, ["results/figures/fig3.pdf", *tables], config, *only_evaluation, "--report", str(report))
+    run_snakemake(tmp_path, [*figures, *tables], config, *only_evaluation, "--report", str(report))
     html = report.read_text(errors="replace")
-    assert report.stat().st_size > 10_000 and "fig3.png" in html and "comparison.csv" in html
+    assert report.stat().st_size > 10_000
+    for name in ("fig3.png", "retrieval.png", "training_curves.png", "metrics_conditioning.png", "comparison.csv"):
+        assert name in html, name

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -102,6 +103,7 @@ def training_curves(
         for column in ("train_loss", "val_loss"):
             if column in curve:
                 left.plot(x, curve[column], marker="." if len(curve) < 30 else None, label=f"{label} {column}")
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("mapper loss")
     left.set_title("mappers", fontsize=9)
