@@ -78,6 +78,8 @@ if CLIP["train_demo"]:
             "results/logs/clip/train_demo_clip.log",
         benchmark:
             "results/benchmarks/clip/train_demo_clip.tsv"
+        conda:
+            "../envs/torch.yaml"
         threads: 2
         resources:
             mem_mb=4000,
@@ -95,6 +97,8 @@ rule embed_images:
         "results/logs/clip/embed_images.log",
     benchmark:
         "results/benchmarks/clip/embed_images.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -114,6 +118,8 @@ rule embed_captions:
         "results/logs/clip/embed_captions.log",
     benchmark:
         "results/benchmarks/clip/embed_captions.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -130,6 +136,8 @@ localrules:
 rule fetch_weights:
     log:
         "results/logs/fetch_weights.log",
+    conda:
+        "../envs/data.yaml"
     params:
         entries=configured_weights(config),
     script:
