@@ -30,8 +30,8 @@ def evaluation_predictions(w):
     """Predicted test embeddings per mapper target: the frozen mappers' pred_test.h5, or the
     end-to-end run's own (one file holding every condition it trained)."""
     if w.strategy == "e2e":
-        e2e = run_path("results/generator", "/e2e_pred_test.h5", dict(w.items()))
-        return {"e2e": e2e}
+        folder = run_path("results/generator", "", dict(w.items()))
+        return {"e2e": os.path.join(folder, "e2e_pred_test.h5")}
     return {
         t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5"
         for t in ("img", "cap")
@@ -87,6 +87,8 @@ rule evaluate_run:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}.tsv"
     wildcard_constraints:
         **EVAL_CONSTRAINTS,
+    conda:
+        "../envs/metrics.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -118,6 +120,8 @@ rule make_tables:
         },
     log:
         "results/logs/make_tables.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         runs=evaluation_runs(),
         data=data_description(),

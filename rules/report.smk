@@ -1,5 +1,7 @@
 # Figures (PDF + PNG) and the HTML report: `snakemake --report report.html` after a run collects
 # every table and figure below with its caption (rules/report/*.rst), one category per stage.
+import os
+
 from mindreader.nsd_paths import STIMULI_RELPATH
 
 
@@ -66,6 +68,8 @@ rule fig3:
         png=figure_png("results/figures/fig3.png", "report/fig3.rst", "reconstructions"),
     log:
         "results/logs/figures/fig3.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         labels=[label for label, _ in fig3_rows()],
         title=f"Reconstructions of {FIGURE_SUBJECT}'s test images per conditioning variant "
@@ -87,6 +91,8 @@ rule subject_reconstructions:
         ),
     log:
         "results/logs/figures/{subject}/reconstructions.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         labels=lambda w: [label for label, _ in subject_grid_rows(w.subject)],
         title=lambda w: f"Reconstructions of {w.subject}'s test images per mapper "
@@ -101,8 +107,8 @@ rule training_curves:
             f"results/mappers/{w.subject}/{MAIN['mapper']}/{MAIN['loss']}/{t}/curve.csv"
             for t in ("img", "cap")
         ],
-        generator_losses=lambda w: run_path(
-            "results/generator", "/losses.csv", main_run(w.subject)
+        generator_losses=lambda w: os.path.join(
+            run_path("results/generator", "", main_run(w.subject)), "losses.csv"
         ),
     output:
         pdf="results/figures/{subject}/training_curves.pdf",
@@ -113,6 +119,8 @@ rule training_curves:
         ),
     log:
         "results/logs/figures/{subject}/training_curves.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         mapper_labels=["img mapper", "cap mapper"],
         generator_label=f"G {MAIN['variant']} {MAIN['strategy']}",
@@ -134,6 +142,8 @@ rule retrieval_examples:
         ),
     log:
         "results/logs/figures/{subject}/retrieval.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         n_brains=config["evaluation"]["retrieval_examples"],
         title=lambda w: f"{w.subject}: top-5 test images retrieved from the predicted CLIP image embedding "
@@ -157,6 +167,8 @@ rule metric_bars:
         ),
     log:
         "results/logs/figures/metrics_conditioning.log",
+    conda:
+        "../envs/plots.yaml"
     params:
         labels=config["ablations"]["variants"],
         title=f"{FIGURE_SUBJECT}: metrics per conditioning variant, 95 % bootstrap CIs "
