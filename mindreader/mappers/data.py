@@ -11,6 +11,10 @@ import h5py
 import numpy as np
 
 
+# Attributes of the prepared file that the mapper's metrics.json repeats (how the test set was made).
+RECORDED_ATTRS = ("subject", "split", "test_repeats", "train_repeats", "zscore")
+
+
 @dataclass
 class PreparedSplit:
     betas: np.ndarray  # float32 (N, V)
@@ -49,7 +53,7 @@ def _dataset(f: h5py.File, path: Path, name: str, ndim: int) -> np.ndarray:
 
 
 def read_prepared(path: str | os.PathLike) -> tuple[PreparedSplit, PreparedSplit, dict]:
-    """(train, test, attrs) of a prepared subject file."""
+    """(train, test, the RECORDED_ATTRS present) of a prepared subject file."""
     path = Path(path)
     with h5py.File(path, "r") as f:
         splits = []
@@ -61,7 +65,7 @@ def read_prepared(path: str | os.PathLike) -> tuple[PreparedSplit, PreparedSplit
             if not np.isfinite(betas).all():
                 raise ValueError(f"{path}: {split}/betas holds NaN or infinite values")
             splits.append(PreparedSplit(betas, nsd_id))
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        attrs = {k: str(f.attrs[k]) for k in RECORDED_ATTRS if k in f.attrs}
     if splits[0].betas.shape[1] != splits[1].betas.shape[1]:
         raise ValueError(f"{path}: train and test betas have different voxel counts")
     return splits[0], splits[1], attrs

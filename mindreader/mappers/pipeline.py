@@ -141,7 +141,7 @@ def run_mapper(
 
     rc: RetrievalConfig = read_section(cfg, "retrieval", RetrievalConfig)
     metrics = {**attrs, **embedding_metrics(pred_test, target_test, test.nsd_id, rc.pool, rc.draws, seed),
-               "fit": fit_info, "prepared": {k: prepared_attrs[k] for k in ("split", "test_repeats") if k in prepared_attrs}}
+               "fit": fit_info, "prepared": prepared_attrs}
     write_json(out_dir / "metrics.json", metrics)
     pool, whole = metrics["retrieval"]["pool"], metrics["retrieval"]["all"]
     log.info("test: mse %.4g, cosine %.3f; top-1 among %d: image %.3f, brain %.3f (chance %.3f); among all %d: "
