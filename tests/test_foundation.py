@@ -21,6 +21,9 @@ def test_atomic_path_renames_on_success_and_removes_on_error(tmp_path):
         assert tmp.suffix == ".h5" and tmp.parent == target.parent
         tmp.write_bytes(b"done")
     assert target.read_bytes() == b"done"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
     failed = tmp_path / "failed.json"
     with pytest.raises(RuntimeError):
