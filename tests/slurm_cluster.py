@@ -168,7 +168,22 @@ class LocalSlurm:
         result = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True)
         return result.returncode == 0 and result.stdout.strip() == "idle"
 
+    def cancel_jobs(self, timeout_s: float = 60) -> None:
+        """Cancel every job and wait until none is running: slurmd's job steps outlive slurmd."""
+        listing = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+        job_ids = listing.stdout.split()
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], capture_output=True)
+
+        def none_active() -> bool:
+            active = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S"], capture_output=True, text=True)
+            return active.returncode == 0 and not active.stdout.strip()
+
+        _wait_for(none_active, timeout_s, "the cancelled jobs to end", self.state / "slurmd.log")
+
     def stop(self) -> None:
+        if self.pid_files:
+            self.cancel_jobs()
         for pid_file in reversed(self.pid_files):
             _stop_by_pid_file(pid_file)
         self.pid_files.clear()
