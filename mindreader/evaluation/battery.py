@@ -72,7 +72,8 @@ def extract_features(
     device: torch.device,
     what: str,  # "ground truth" / "reconstructions", for the progress bar
 ) -> dict[str, np.ndarray]:
-    """Every feature every source gives, as float64 (N, D) arrays."""
+    """Every feature every source gives, as float32 (N, D) arrays (the Frechet distance computes
+    in float64 itself; correlations are exact enough in float32)."""
     chunks: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(images), cfg.batch_size)
     for start in tqdm(starts, desc=f"features of {what}", unit="batch", disable=not sources):
@@ -81,7 +82,7 @@ def extract_features(
         for source in sources.values():
             with torch.no_grad():
                 for name, feats in source(x).items():
-                    chunks.setdefault(name, []).append(feats.flatten(1).double().cpu().numpy())
+                    chunks.setdefault(name, []).append(feats.flatten(1).float().cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
