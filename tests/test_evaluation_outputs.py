@@ -40,7 +40,7 @@ def _summary(seed: float) -> dict:
         else:
             value = 0.1 + seed / 10
             metrics[m.key] = {"value": value, "ci95": [value - 0.01, value + 0.01]}
-    return {"n_images": 12, "metrics": metrics}
+    return {"n_images": 12, "metrics": metrics, "reconstruction": {"z_policy": "random"}}
 
 
 def _runs() -> list[dict]:
@@ -76,7 +76,7 @@ def test_tables_have_their_rows_data_line_and_missing_reasons(tmp_path):
         paths = write_table(table, tmp_path)
         assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     md = (tmp_path / "conditioning.md").read_text()
-    assert "SYNTHETIC NSD" in md and "sessions 1-3" in md and "shared1000" in md and "12 test images" in md
+    assert "SYNTHETIC NSD" in md and "sessions 1-3" in md and "shared1000" in md and "12 test images, generator z random" in md
     assert "Not measured (FID, Alex2, Alex5): weights file not found" in md
     assert "| img+cap |" in md and "[" in md
     csv = pd.read_csv(tmp_path / "comparison.csv")

@@ -57,14 +57,17 @@ class Table:
     missing: dict[str, str]  # metric key -> why it is not measured
 
 
-def data_note(data: Mapping[str, Any], n_images: Iterable[int]) -> str:
-    """'synthetic NSD, sessions 1-8, split shared1000, test repeats averaged, 60 test images'."""
-    counts = sorted(set(int(n) for n in n_images))
+def data_note(data: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -> str:
+    """'synthetic NSD, sessions 1-8, split shared1000, test repeats averaged, 60 test images, z random'."""
+    summaries = list(summaries)
+    counts = sorted({int(s["n_images"]) for s in summaries})
     images = "/".join(str(n) for n in counts) if counts else "?"
+    z = sorted({str(s.get("reconstruction", {}).get("z_policy", "?")) for s in summaries})
     source = "SYNTHETIC NSD (demo data, not comparable with papers)" if data.get("synthetic") else "NSD"
     return (
         f"{source}, sessions 1-{data.get('sessions')}, split {data.get('split')}, "
-        f"test repeats {data.get('test_repeats')}, {images} test images; CIs: 95 % bootstrap over test images"
+        f"test repeats {data.get('test_repeats')}, {images} test images, generator z {'/'.join(z) or '?'}; "
+        "CIs: 95 % bootstrap over test images"
     )
 
 
@@ -116,7 +119,7 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
                 frame=frame,
                 labels=("subject", axis),
                 columns=ABLATION_COLUMNS,
-                data_note=data_note(data, (r["summary"]["n_images"] for r in chosen)),
+                data_note=data_note(data, (r["summary"] for r in chosen)),
                 missing=_missing((r["summary"] for r in chosen), ABLATION_COLUMNS),
             )
         )
@@ -158,7 +161,7 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
         frame=pd.DataFrame(rows),
         labels=("method", "subject"),
         columns=COMPARISON_COLUMNS,
-        data_note=data_note(data, (r["summary"]["n_images"] for r in chosen)),
+        data_note=data_note(data, (r["summary"] for r in chosen)),
         missing=_missing((r["summary"] for r in chosen), COMPARISON_COLUMNS),
     )
 
