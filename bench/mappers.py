@@ -57,19 +57,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int = 3) -> float:
-    """GFLOP/s of a size x size fp32 matmul (best of ``repeats``)."""
+def matmul_peak(device: torch.device, size: int, repeats: int = 3) -> tuple[float, float]:
+    """GFLOP/s of a size x size fp32 matmul per wall and per CPU second (best of ``repeats``)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        with Timer() as timer:
+            a @ b
+            sync(device)
+        wall, cpu = min(wall, timer.wall), min(cpu, timer.cpu)
+    return 2 * size**3 / wall / 1e9, 2 * size**3 / cpu / 1e9
 
 
 def bench_cnn(device: torch.device, batch: int, steps: int) -> None:
@@ -95,12 +95,15 @@ def bench_cnn(device: torch.device, batch: int, steps: int) -> None:
         sync(device)
     seconds = timer.wall / steps
     achieved = flops / seconds / 1e9
-    peak = matmul_peak(device, 8192 if device.type == "cuda" else 4096)
+    achieved_cpu = flops * steps / timer.cpu / 1e9
+    peak, peak_cpu = matmul_peak(device, 8192 if device.type == "cuda" else 4096)
     params = sum(p.numel() for p in model.parameters())
     print(f"(a) FmriClipRes {N_VOXELS} -> {EMBED_DIM}, {params:,} parameters, batch {batch}, {steps} steps on {device}")
     print(f"    {timer} for {steps} steps; {batch / seconds:.1f} samples/s, {flops / batch / 1e9:.2f} GFLOP per sample (fwd+bwd), "
           f"{achieved:.1f} GFLOP/s achieved")
     print(f"    fp32 matmul peak {peak:.1f} GFLOP/s; ratio achieved / peak = {achieved / peak:.3f}")
+    if device.type == "cpu":  # per CPU second: steadier on a busy machine (meaningful with --threads 1)
+        print(f"    per CPU second: {achieved_cpu:.1f} vs matmul {peak_cpu:.1f} GFLOP/s; ratio {achieved_cpu / peak_cpu:.3f}")
 
 
 def ridge_data(n: int, n_test: int, seed: int = 0):
