@@ -179,11 +179,12 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     value = row.get(key, math.nan)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    digits = 1 if METRIC_BY_KEY[key].percent or key in ("fid", "fd_clip") else 3
+    # FD_CLIP's scale depends on the CLIP (small for unit-scale embeddings): significant digits
+    spec = ".3g" if key == "fd_clip" else ".1f" if METRIC_BY_KEY[key].percent or key == "fid" else ".3f"
     lo, hi = row.get(f"{key}_lo", math.nan), row.get(f"{key}_hi", math.nan)
-    text = f"{value:.{digits}f}"
+    text = f"{value:{spec}}"
     if isinstance(lo, float) and not math.isnan(lo):
-        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        text += f" [{lo:{spec}}, {hi:{spec}}]"
     return text
 
 
