@@ -180,10 +180,14 @@ class Trainer:
         rnd = StepRandom(self.cfg.seed, step, phase.name, self.device)
         with self.autocast():
             losses, terms = phase.fn(batch, rnd)
-        for group, loss in losses.items():
+        # Every group's gradients first: a step changes parameters that another group's graph uses.
+        grads = {
+            group: torch.autograd.grad(loss, self.group_params(group), retain_graph=True, allow_unused=True)
+            for group, loss in losses.items()
+        }
+        for group, group_grads in grads.items():
             params = self.group_params(group)
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            for p, g in zip(params, grads):
+            for p, g in zip(params, group_grads):
                 p.grad = torch.zeros_like(p) if g is None else torch.nan_to_num(g.to(p.dtype))
             average_gradients(params)
             phase.optimizers[group].step()
