@@ -12,7 +12,12 @@ CLIP_TARGET_FILES = {"img": "results/clip/images.h5", "cap": "results/clip/capti
 def mapper_targets():
     """metrics.json of every mapper folder the runs of evaluation_runs() need (targets img and cap)."""
     folders = {
-        MAPPER_DIR.format(subject=run["subject"], mapper=run["mapper"], loss=run["loss"], target=target)
+        MAPPER_DIR.format(
+            subject=run["subject"],
+            mapper=run["mapper"],
+            loss=run["loss"],
+            target=target,
+        )
         for run in evaluation_runs()
         for target in CLIP_TARGET_FILES
     }
@@ -25,20 +30,24 @@ rule train_mapper:
         clip=lambda w: CLIP_TARGET_FILES[w.target],
     output:
         **{name.replace(".", "_"): f"{MAPPER_DIR}/{name}" for name in OUTPUT_FILES},
-    wildcard_constraints:
-        mapper="cnn|ridge|mlp",
-        loss="mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-        target="img|cap",
-    params:
-        checkpoint_dir=lambda w: "results/checkpoints/mappers/{subject}/{mapper}/{loss}/{target}".format(**dict(w.items())),
     log:
         "results/logs/mappers/{subject}/{mapper}/{loss}/{target}.log",
     benchmark:
         "results/benchmarks/mappers/{subject}/{mapper}/{loss}/{target}.tsv"
+    wildcard_constraints:
+        mapper="cnn|ridge|mlp",
+        loss="mse|cos|mse_cos|contrastive|mse_cos_contrastive",
+        target="img|cap",
+    conda:
+        "../envs/torch.yaml"
     threads: MAPPER_CFG["threads"]
     resources:
         gpu=lambda w: 0 if w.mapper == "ridge" else MAPPER_CFG["gpus"],
         mem_mb=MAPPER_CFG["mem_mb"],
         runtime=lambda w, attempt: MAPPER_CFG["runtime"] * attempt,
+    params:
+        checkpoint_dir=lambda w: "results/checkpoints/mappers/{subject}/{mapper}/{loss}/{target}".format(
+            **dict(w.items())
+        ),
     script:
         "../scripts/train_mapper.py"
