@@ -37,6 +37,8 @@ def get_final_output():
     """
     return [
         *expand("results/prepared/{subject}.h5", subject=SUBJECTS),
+        "results/clip/captions_selected.tsv",
+        *([f"{config['clip']['demo']['dir']}/metrics.json"] if config["clip"]["train_demo"] else []),
         *mapper_targets(),
         *generator_targets(),
         *evaluation_targets(),
