@@ -101,6 +101,21 @@ def test_checkpoint_of_another_job_is_ignored(tmp_path):
     assert other.step == 0
 
 
+def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path):
+    data = tiny_set()
+    torch.manual_seed(2)
+    data.betas, data.target = torch.randn(len(data), 20), torch.nn.functional.normalize(torch.randn(len(data), 2, 12), dim=-1)
+    data.cond = None
+    mappers = torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2))
+    before = [p.clone() for p in mappers.parameters()]
+    cfg = TrainConfig(kimg=0.008, batch=4, checkpoint_kimg=0, log_steps=1, seed=3)
+    trainer = Trainer(tiny_G(n_conditions=2), tiny_D(n_conditions=2), data, LossConfig(signal_weight=0.9, pl_interval=2),
+                      cfg, tmp_path / "ckpt", torch.device("cpu"), mappers=mappers)
+    result = trainer.train()
+    assert {"Loss/M/mse/0", "Loss/M/contra/1", "Loss/M/total"} <= set(result.rows[0])
+    assert all(not torch.equal(a, b) for a, b in zip(before, result.mappers.parameters()))
+
+
 def test_two_gloo_processes_equal_one_process(tmp_path):
     single = weights(make_trainer(tmp_path / "single").train())
     out = tmp_path / "ddp.safetensors"
