@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install demo test lint dryrun clean install-profile
+.PHONY: install demo report test lint clean install-profile
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 	@echo "Done: tables in results/tables/, figures in results/figures/ (fig3.pdf)."
+
+# The self-contained HTML report of the last run (every table and figure, captioned).
+report: $(STAMP)
+	$(BIN)/snakemake --profile profiles/default --report report.html
+	@echo "Report: report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
