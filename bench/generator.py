@@ -62,8 +62,9 @@ def random_set(n: int, n_conditions: int, c_dim: int, resolution: int) -> Traini
     )
 
 
-def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, warmup: int = 2) -> float:
-    """kimg/s of ``steps`` training steps after ``warmup`` steps (two-condition fine-tuning shape)."""
+def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, warmup: int = 2) -> tuple[float, float]:
+    """(wall, CPU-time) kimg/s of ``steps`` training steps after ``warmup`` steps (two-condition
+    fine-tuning shape)."""
     G, D, _, _ = build(cfg, data.cond.shape[-1], data.cond.shape[2], "max", 0)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(G, D, data, loss_config(cfg, 0.9), train_config(cfg, 1.0, 0), tmp, device, encoder=encoder)
@@ -71,19 +72,21 @@ def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, war
             trainer.train_step(step)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for step in range(warmup, warmup + steps):
             trainer.train_step(step)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return steps * cfg["batch"] / 1000 / (time.perf_counter() - start)
+    kimg = steps * cfg["batch"] / 1000
+    return kimg / (time.perf_counter() - start), kimg / (time.process_time() - cpu)
 
 
-def time_generation(G, c: torch.Tensor, device, batch_size: int) -> float:
+def time_generation(G, c: torch.Tensor, device, batch_size: int) -> tuple[float, float]:
+    """(wall, CPU-time) images/s of G_ema generation in batches of ``batch_size``."""
     generate_images(G, c[:batch_size], "random", 0, device, batch_size)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     generate_images(G, c, "random", 0, device, batch_size)
-    return len(c) / (time.perf_counter() - start)
+    return len(c) / (time.perf_counter() - start), len(c) / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -107,19 +110,22 @@ def main() -> None:
           f"resolution {cfg['resolution']}, batch {cfg['batch']}, channels {cfg['channel_base']}/{cfg['channel_max']}, "
           f"branch width {cfg['branch_width']}, precision {cfg['precision'] if device.type == 'cuda' else 'fp32'}")
 
+    # CPU time is what an idle machine's wall time would be with --threads 1 (the dev machine is shared).
     lafite = time_training(cfg, data, encoder, device, args.steps)
     plain_cfg = {**cfg, "itc": 0.0, "itd": 0.0, "pl_weight": 0.0}
     plain = time_training(plain_cfg, data, None, device, args.steps)
-    print(f"training, Lafite objective (itc + itd + R1 + path length): {lafite:.3f} kimg/s ({lafite * 60:.1f} kimg/min)")
-    print(f"training, plain conditional StyleGAN2 step (R1 only):      {plain:.3f} kimg/s ({plain * 60:.1f} kimg/min)")
-    print(f"ratio Lafite / plain: {lafite / plain:.2f}")
+    for name, (wall, cpu) in (("Lafite objective (itc + itd + R1 + path length)", lafite), ("plain conditional StyleGAN2 (R1 only)", plain)):
+        print(f"training, {name}: wall {wall * 60:.2f} kimg/min, CPU time {cpu * 60:.2f} kimg/CPU-min")
+    print(f"ratio Lafite / plain: wall {lafite[0] / plain[0]:.2f}, CPU time {lafite[1] / plain[1]:.2f}")
 
     G, _, _, _ = build(cfg, c_dim, 2, "max", 0)
     G.to(device)
     c = torch.nn.functional.normalize(torch.randn(256, 2, c_dim), dim=-1)
     batched = time_generation(G, c, device, 64)
     single = time_generation(G, c[:32], device, 1)
-    print(f"generation, batch 64: {batched:.1f} images/s; one at a time: {single:.1f} images/s; ratio {batched / single:.2f}")
+    for name, (wall, cpu) in (("batch 64", batched), ("one at a time", single)):
+        print(f"generation, {name}: wall {wall:.1f} images/s, CPU time {cpu:.1f} images/CPU-s")
+    print(f"ratio batched / one at a time: wall {batched[0] / single[0]:.2f}, CPU time {batched[1] / single[1]:.2f}")
 
 
 if __name__ == "__main__":
