@@ -42,7 +42,9 @@ class DemoClipImages(torch.nn.Module):
 
     def forward(self, x):
         cfg = self.cfg
-        return self.model.encode_image(preprocess_images(x, cfg["size"], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["resize_mode"]))
+        return self.model.encode_image(
+            preprocess_images(x, cfg["size"], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["resize_mode"])
+        )
 
 
 def schema_defaults(schema: dict) -> dict:
@@ -106,15 +108,20 @@ def main() -> None:
     encoder = DemoClipImages(config["clip"]["demo"]).to(device)
     c_dim = int(config["clip"]["demo"]["embed_dim"])
     data = random_set(max(256, cfg["batch"] * 4), 2, c_dim, cfg["resolution"])
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}), "
-          f"resolution {cfg['resolution']}, batch {cfg['batch']}, channels {cfg['channel_base']}/{cfg['channel_max']}, "
-          f"branch width {cfg['branch_width']}, precision {cfg['precision'] if device.type == 'cuda' else 'fp32'}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}), "
+        f"resolution {cfg['resolution']}, batch {cfg['batch']}, channels {cfg['channel_base']}/{cfg['channel_max']}, "
+        f"branch width {cfg['branch_width']}, precision {cfg['precision'] if device.type == 'cuda' else 'fp32'}"
+    )
 
     # CPU time is what an idle machine's wall time would be with --threads 1 (the dev machine is shared).
     lafite = time_training(cfg, data, encoder, device, args.steps)
     plain_cfg = {**cfg, "itc": 0.0, "itd": 0.0, "pl_weight": 0.0}
     plain = time_training(plain_cfg, data, None, device, args.steps)
-    for name, (wall, cpu) in (("Lafite objective (itc + itd + R1 + path length)", lafite), ("plain conditional StyleGAN2 (R1 only)", plain)):
+    for name, (wall, cpu) in (
+        ("Lafite objective (itc + itd + R1 + path length)", lafite),
+        ("plain conditional StyleGAN2 (R1 only)", plain),
+    ):
         print(f"training, {name}: wall {wall * 60:.2f} kimg/min, CPU time {cpu * 60:.2f} kimg/CPU-min")
     print(f"ratio Lafite / plain: wall {lafite[0] / plain[0]:.2f}, CPU time {lafite[1] / plain[1]:.2f}")
 

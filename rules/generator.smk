@@ -9,7 +9,13 @@ from mindreader.generator.conditioning import VARIANTS
 from mindreader.nsd_paths import STIMULI_RELPATH
 
 GEN = config["generator"]
-NETWORK_FILES = ["network.json", "G.safetensors", "G_ema.safetensors", "D.safetensors", "losses.csv"]
+NETWORK_FILES = [
+    "network.json",
+    "G.safetensors",
+    "G_ema.safetensors",
+    "D.safetensors",
+    "losses.csv",
+]
 PRETRAINED = "results/generator/pretrained"
 RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
 GEN_CONSTRAINTS = {
@@ -25,7 +31,10 @@ def generator_clip_files():
 
 
 def mapper_folders(w):
-    return [f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}" for t in VARIANTS[w.variant].targets]
+    return [
+        f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}"
+        for t in VARIANTS[w.variant].targets
+    ]
 
 
 def run_predictions(w):
@@ -44,7 +53,9 @@ def embedding_files(w):
 def generator_targets():
     """Every reconstruction the tables need (evaluation_runs() in common.smk)."""
     return [
-        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(**run)
+        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(
+            **run
+        )
         for run in evaluation_runs()
     ]
 
@@ -61,9 +72,6 @@ rule pretrain_generator:
         clip=generator_clip_files(),
     output:
         expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES),
-    params:
-        stage="pretrain",
-        checkpoint_dir="results/checkpoints/generator/pretrained",
     log:
         "results/logs/generator/pretrain.log",
     benchmark:
@@ -73,6 +81,9 @@ rule pretrain_generator:
         gpu=GEN["gpus"],
         mem_mb=GEN["pretrain"]["mem_mb"],
         runtime=gpu_runtime(GEN["pretrain"]["runtime"]),
+    params:
+        stage="pretrain",
+        checkpoint_dir="results/checkpoints/generator/pretrained",
     script:
         "../scripts/train_generator.py"
 
@@ -81,25 +92,31 @@ rule finetune_generator:
     input:
         nsd=nsd_inputs(STIMULI_RELPATH),
         pred_train=lambda w: [f"{folder}/pred_train.h5" for folder in mapper_folders(w)],
-        pretrained=lambda w: expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES) if w.strategy == "finetune" else [],
+        pretrained=lambda w: (
+            expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES)
+            if w.strategy == "finetune"
+            else []
+        ),
         clip=generator_clip_files(),
     output:
         expand(f"{RUN}/{{name}}", name=NETWORK_FILES, allow_missing=True),
-    wildcard_constraints:
-        strategy="finetune|scratch",
-        **GEN_CONSTRAINTS,
-    params:
-        stage="finetune",
-        checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(**dict(w.items())),
     log:
         "results/logs/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.log",
     benchmark:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
+    wildcard_constraints:
+        **GEN_CONSTRAINTS,
+        strategy="finetune|scratch",
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
         mem_mb=GEN["finetune"]["mem_mb"],
         runtime=gpu_runtime(GEN["finetune"]["runtime"]),
+    params:
+        stage="finetune",
+        checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
+            **dict(w.items())
+        ),
     script:
         "../scripts/train_generator.py"
 
@@ -108,27 +125,35 @@ rule finetune_e2e:
     input:
         nsd=nsd_inputs(STIMULI_RELPATH),
         prepared="results/prepared/{subject}.h5",
-        mappers=lambda w: [f"{folder}/model.safetensors" for folder in mapper_folders(w)],
+        mappers=lambda w: [
+            f"{folder}/model.safetensors" for folder in mapper_folders(w)
+        ],
         targets=embedding_files,
         pretrained=expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES),
         clip=generator_clip_files(),
     output:
-        expand(f"{RUN}/{{name}}", name=NETWORK_FILES + ["e2e_pred_test.h5"], allow_missing=True),
-    wildcard_constraints:
-        strategy="e2e",
-        **GEN_CONSTRAINTS,
-    params:
-        stage="e2e",
-        checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(**dict(w.items())),
+        expand(
+            f"{RUN}/{{name}}",
+            name=NETWORK_FILES + ["e2e_pred_test.h5"],
+            allow_missing=True,
+        ),
     log:
         "results/logs/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.log",
     benchmark:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
+    wildcard_constraints:
+        **GEN_CONSTRAINTS,
+        strategy="e2e",
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
         mem_mb=GEN["finetune"]["mem_mb"],
         runtime=gpu_runtime(GEN["finetune"]["runtime"]),
+    params:
+        stage="e2e",
+        checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
+            **dict(w.items())
+        ),
     script:
         "../scripts/train_generator.py"
 
@@ -140,14 +165,16 @@ rule reconstruct:
         predictions=run_predictions,
     output:
         h5="results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5",
-        png=directory("results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}_png"),
-    wildcard_constraints:
-        strategy="finetune|scratch|e2e",
-        **GEN_CONSTRAINTS,
+        png=directory(
+            "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}_png"
+        ),
     log:
         "results/logs/generator/reconstruct/{subject}/{mapper}/{loss}/{variant}/{strategy}.log",
     benchmark:
         "results/benchmarks/generator/reconstruct/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
+    wildcard_constraints:
+        **GEN_CONSTRAINTS,
+        strategy="finetune|scratch|e2e",
     threads: GEN["threads"]
     resources:
         mem_mb=4000,

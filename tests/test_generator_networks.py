@@ -115,12 +115,16 @@ def test_weight_copy_from_one_to_two_conditions(fusion):
     G2.load_state_dict(expand_conditions(G1.state_dict(), G2.state_dict(), 2))
     D2.load_state_dict(expand_conditions(D1.state_dict(), D2.state_dict(), 2))
     z, c = torch.randn(4, 8), torch.randn(4, 1, 12)
-    torch.testing.assert_close(G2(z, c.repeat(1, 2, 1), noise_mode="const"), G1(z, c, noise_mode="const"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        G2(z, c.repeat(1, 2, 1), noise_mode="const"), G1(z, c, noise_mode="const"), atol=1e-5, rtol=1e-5
+    )
     img = torch.randn(4, 3, 16, 16)
     _, fts1 = D1(img, c)
     _, fts2 = D2(img, c.repeat(1, 2, 1))
     torch.testing.assert_close(fts2, fts1.repeat(1, 2, 1))
-    assert torch.equal(G2.synthesis.b8.conv0.style.branches[1][0].weight, G1.synthesis.b8.conv0.style.branches[0][0].weight)
+    assert torch.equal(
+        G2.synthesis.b8.conv0.style.branches[1][0].weight, G1.synthesis.b8.conv0.style.branches[0][0].weight
+    )
 
 
 def test_weight_copy_rejects_an_incompatible_network():

@@ -40,7 +40,9 @@ class TinyEncoder(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(5)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(12))
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(12)
+        )
         self.net(torch.zeros(1, 3, 8, 8))
         self.requires_grad_(False)
 
@@ -52,11 +54,26 @@ def make_trainer(checkpoint_dir, callback=None, device="cpu"):
     loss_cfg = LossConfig(signal_weight=0.9, r1_gamma=0.5, r1_interval=2, pl_interval=2)
     cfg = TrainConfig(kimg=0.032, batch=4, checkpoint_kimg=0.008, log_steps=2, ema_kimg=0.01, seed=3)
     G, D = tiny_G(n_conditions=2), tiny_D(n_conditions=2, group=2)
-    return Trainer(G, D, tiny_set(), loss_cfg, cfg, checkpoint_dir, torch.device(device), encoder=TinyEncoder(), fingerprint="t", callback=callback)
+    return Trainer(
+        G,
+        D,
+        tiny_set(),
+        loss_cfg,
+        cfg,
+        checkpoint_dir,
+        torch.device(device),
+        encoder=TinyEncoder(),
+        fingerprint="t",
+        callback=callback,
+    )
 
 
 def weights(result):
-    return {f"{name}.{k}": v.detach().clone() for name in ("G", "G_ema", "D") for k, v in getattr(result, name).state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name in ("G", "G_ema", "D")
+        for k, v in getattr(result, name).state_dict().items()
+    }
 
 
 def assert_same(a, b, **tol):
@@ -70,7 +87,9 @@ def test_training_runs_logs_and_changes_weights(tmp_path):
     start = {k: v.clone() for k, v in trainer.G.state_dict().items()}
     result = trainer.train()
     assert result.steps == 8 and len(result.rows) == 4
-    assert {"Loss/G/adv", "Loss/G/itc/1", "Loss/D/itd/0", "Loss/D/r1_penalty", "Loss/G/pl_penalty"} <= set(result.rows[-1])
+    assert {"Loss/G/adv", "Loss/G/itc/1", "Loss/D/itd/0", "Loss/D/r1_penalty", "Loss/G/pl_penalty"} <= set(
+        result.rows[-1]
+    )
     changed = [k for k, v in result.G.state_dict().items() if not torch.equal(v, start[k])]
     assert "synthesis.b16.conv1.style.branches.1.0.weight" in changed and "mapping.fc0.weight" in changed
     assert (tmp_path / "ckpt" / "state.json").exists()  # the periodic checkpoint
@@ -104,13 +123,23 @@ def test_checkpoint_of_another_job_is_ignored(tmp_path):
 def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path):
     data = tiny_set()
     torch.manual_seed(2)
-    data.betas, data.target = torch.randn(len(data), 20), torch.nn.functional.normalize(torch.randn(len(data), 2, 12), dim=-1)
+    data.betas, data.target = torch.randn(len(data), 20), torch.nn.functional.normalize(
+        torch.randn(len(data), 2, 12), dim=-1
+    )
     data.cond = None
     mappers = torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2))
     before = [p.clone() for p in mappers.parameters()]
     cfg = TrainConfig(kimg=0.008, batch=4, checkpoint_kimg=0, log_steps=1, seed=3)
-    trainer = Trainer(tiny_G(n_conditions=2), tiny_D(n_conditions=2), data, LossConfig(signal_weight=0.9, pl_interval=2),
-                      cfg, tmp_path / "ckpt", torch.device("cpu"), mappers=mappers)
+    trainer = Trainer(
+        tiny_G(n_conditions=2),
+        tiny_D(n_conditions=2),
+        data,
+        LossConfig(signal_weight=0.9, pl_interval=2),
+        cfg,
+        tmp_path / "ckpt",
+        torch.device("cpu"),
+        mappers=mappers,
+    )
     result = trainer.train()
     assert {"Loss/M/mse/0", "Loss/M/contra/1", "Loss/M/total"} <= set(result.rows[0])
     assert all(not torch.equal(a, b) for a, b in zip(before, result.mappers.parameters()))
@@ -119,7 +148,16 @@ def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path):
 def test_two_gloo_processes_equal_one_process(tmp_path):
     single = weights(make_trainer(tmp_path / "single").train())
     out = tmp_path / "ddp.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(out), str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        str(out),
+        str(tmp_path / "ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parent, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

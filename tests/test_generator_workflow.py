@@ -18,16 +18,38 @@ pytestmark = pytest.mark.workflow
 TINY = {
     "subjects": ["subj01"],
     "clip": {
-        "demo": {"embed_dim": 16, "image_size": 32, "vision_width": 8, "context_length": 24, "text_width": 32,
-                 "text_layers": 1, "text_heads": 2, "steps": 4, "batch_size": 16},
+        "demo": {
+            "embed_dim": 16,
+            "image_size": 32,
+            "vision_width": 8,
+            "context_length": 24,
+            "text_width": 32,
+            "text_layers": 1,
+            "text_heads": 2,
+            "steps": 4,
+            "batch_size": 16,
+        },
         "batch_size": 32,
     },
     "mappers": {"cnn": {"hidden": 4, "blocks": 1, "head_hidden": 8, "pad_multiple": 32}, "train": {"epochs": 2}},
     "generator": {
-        "resolution": 16, "z_dim": 8, "w_dim": 8, "mapping_layers": 1, "channel_base": 64, "channel_max": 8,
-        "branch_width": 8, "mbstd_group_size": 2, "batch": 8, "r1_interval": 2, "pl_interval": 2,
-        "checkpoint_kimg": 0.0, "sample_kimg": 0.0, "log_steps": 1, "threads": 1,
-        "pretrain": {"kimg": 0.032}, "finetune": {"kimg": 0.016},
+        "resolution": 16,
+        "z_dim": 8,
+        "w_dim": 8,
+        "mapping_layers": 1,
+        "channel_base": 64,
+        "channel_max": 8,
+        "branch_width": 8,
+        "mbstd_group_size": 2,
+        "batch": 8,
+        "r1_interval": 2,
+        "pl_interval": 2,
+        "checkpoint_kimg": 0.0,
+        "sample_kimg": 0.0,
+        "log_steps": 1,
+        "threads": 1,
+        "pretrain": {"kimg": 0.032},
+        "finetune": {"kimg": 0.016},
     },
     "ablations": {
         "main": {"mapper": "cnn", "loss": "mse_cos_contrastive", "variant": "img+cap", "strategy": "finetune"},
@@ -65,10 +87,14 @@ def test_pretrain_finetune_and_reconstruct_for_one_subject(tmp_path):
             rows = list(csv.DictReader(f))
         assert len(rows) == 2 and "Loss/G/itc/0" in rows[0]
         assert (run / "samples.png").is_file() and (run / "provenance.json").is_file()
-        assert not (tmp_path / f"results/checkpoints/generator/subj01/cnn/mse_cos_contrastive/{variant}/{strategy}").exists()
+        assert not (
+            tmp_path / f"results/checkpoints/generator/subj01/cnn/mse_cos_contrastive/{variant}/{strategy}"
+        ).exists()
     with h5py.File(tmp_path / "results/generator/subj01/cnn/mse_cos_contrastive/img+cap/e2e/e2e_pred_test.h5") as f:
         assert f["pred"].shape == f["target"].shape == (len(test_ids), 2, 16)
-        rows = list(csv.DictReader(open(tmp_path / "results/generator/subj01/cnn/mse_cos_contrastive/img+cap/e2e/losses.csv")))
+        rows = list(
+            csv.DictReader(open(tmp_path / "results/generator/subj01/cnn/mse_cos_contrastive/img+cap/e2e/losses.csv"))
+        )
         assert "Loss/M/total" in rows[0]
 
     dry = run_snakemake(tmp_path, targets, config, "--dry-run")

@@ -55,7 +55,9 @@ _BRANCH = re.compile(r"^(.*\.branches)\.(\d+)\.(.*)$")
 _HEAD = re.compile(r"^(.*\.heads)\.(\d+)\.(.*)$")
 
 
-def expand_conditions(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], n_conditions: int) -> dict[str, torch.Tensor]:
+def expand_conditions(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], n_conditions: int
+) -> dict[str, torch.Tensor]:
     """State dict for a K-condition network (``target`` gives names and shapes) from a
     single-condition one (``source``): every new condition branch and projection head starts as a
     copy of the first; for concatenation fusion the style affine's condition columns are split
@@ -87,7 +89,9 @@ def _split_affine(weight: torch.Tensor, new_in: int, n_conditions: int) -> torch
     branch_width = (new_in - old_in) // (n_conditions - 1)
     w_dim = old_in - branch_width
     if w_dim <= 0 or w_dim + n_conditions * branch_width != new_in:
-        raise ValueError(f"style affine of width {old_in} cannot be split into {n_conditions} branches of total width {new_in}")
+        raise ValueError(
+            f"style affine of width {old_in} cannot be split into {n_conditions} branches of total width {new_in}"
+        )
     w_part, c_part = weight[:, :w_dim], weight[:, w_dim:]
     # Stored weights are multiplied by 1/sqrt(fan_in) at run time: rescale for the wider input.
     scale = math.sqrt(new_in / old_in)

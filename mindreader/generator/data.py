@@ -56,7 +56,9 @@ def load_images(nsd_root: str | Path, nsd_ids: np.ndarray, resolution: int, batc
         for _, batch in nsd.iter_images(np.asarray(nsd_ids), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
             if x.shape[-1] != resolution or x.shape[-2] != resolution:
-                x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+                x = F.interpolate(
+                    x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+                )
             out[row : row + len(x)] = x.round().clamp(0, 255).to(torch.uint8)
             row += len(x)
             bar.update(len(x))
@@ -94,7 +96,9 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{path}: dataset '{name}' missing (expected a mapper prediction file)")
         ids, pred = f["nsd_id"][:].astype(np.int64), f["pred"][:].astype(np.float32)
     if pred.ndim not in (2, 3) or len(pred) != len(ids):
-        raise ValueError(f"{path}: pred must be (N, D) or (N, K, D) with N = len(nsd_id) = {len(ids)}, got {pred.shape}")
+        raise ValueError(
+            f"{path}: pred must be (N, D) or (N, K, D) with N = len(nsd_id) = {len(ids)}, got {pred.shape}"
+        )
     return ids, pred
 
 
@@ -107,7 +111,9 @@ def stack_predictions(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray]:
         if pred.ndim == 3 and len(paths) == 1:
             return these, pred
         if ids is not None and not np.array_equal(ids, these):
-            raise ValueError(f"{path}: samples differ from {paths[0]} (the mappers must predict the same samples in order)")
+            raise ValueError(
+                f"{path}: samples differ from {paths[0]} (the mappers must predict the same samples in order)"
+            )
         ids = these
         preds.append(pred)
     return ids, np.stack(preds, axis=1)
@@ -118,7 +124,9 @@ def _image_rows(nsd_id: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
     return unique, torch.from_numpy(inverse.astype(np.int64))
 
 
-def pretraining_set(nsd_root, images_h5, prepared_files: list, resolution: int, use_augmented: bool = True) -> TrainingSet:
+def pretraining_set(
+    nsd_root, images_h5, prepared_files: list, resolution: int, use_augmented: bool = True
+) -> TrainingSet:
     """Every embedded stimulus except the test images of every prepared subject, conditioned on its
     CLIP image target (and its augmented targets as alternatives when the file has them)."""
     with h5py.File(images_h5, "r") as f:
@@ -130,7 +138,9 @@ def pretraining_set(nsd_root, images_h5, prepared_files: list, resolution: int, 
     ids = np.setdiff1d(all_ids, test)
     if len(ids) == 0:
         raise ValueError(f"{images_h5}: no image left for pre-training after removing {len(test)} test images")
-    log.info("pre-training on %d images (%d test images of %d subjects held out)", len(ids), len(test), len(prepared_files))
+    log.info(
+        "pre-training on %d images (%d test images of %d subjects held out)", len(ids), len(test), len(prepared_files)
+    )
     datasets = ("target", "aug_target") if (use_augmented and has_aug) else ("target",)
     rows = read_rows(images_h5, ids, datasets)
     bank = rows["target"][:, None]

@@ -37,7 +37,16 @@ def launch(job: dict, gpus: int, device: str) -> None:
     Path(job["checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=job["checkpoint_dir"], delete=False) as f:
         json.dump(job, f)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "mindreader.generator.launch", f.name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "mindreader.generator.launch",
+        f.name,
+    ]
     log.info("starting %d processes: %s", gpus, " ".join(cmd))
     try:
         code = subprocess.run(cmd).returncode

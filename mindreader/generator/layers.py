@@ -32,7 +32,9 @@ def check_activation(name: str) -> None:
         raise ValueError(f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}")
 
 
-def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0, clamp: float | None = None) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0, clamp: float | None = None
+) -> torch.Tensor:
     """Add a per-channel bias (dim 1), apply ``act``, scale by its gain times ``gain``, clamp."""
     if b is not None:
         x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
@@ -50,7 +52,14 @@ def setup_filter(taps: list[float]) -> torch.Tensor:
     return f / f.sum()
 
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = 1.0,
+) -> torch.Tensor:
     """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), FIR filter, subsample.
 
     ``x`` is (B, C, H, W) and ``f`` a 2-D filter applied to every channel alone.

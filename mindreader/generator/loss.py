@@ -45,7 +45,9 @@ def random_crop_resize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     size x size by bilinear sampling (differentiable w.r.t. x)."""
     batch = x.shape[0]
     if scale.shape != (batch,) or offset.shape != (batch, 2):
-        raise ValueError(f"random_crop_resize: scale (B,) and offset (B, 2) expected, got {list(scale.shape)}, {list(offset.shape)}")
+        raise ValueError(
+            f"random_crop_resize: scale (B,) and offset (B, 2) expected, got {list(scale.shape)}, {list(offset.shape)}"
+        )
     theta = torch.zeros(batch, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
@@ -90,7 +92,9 @@ class LafiteLoss(nn.Module):
         G: nn.Module,  # Generator
         D: nn.Module,  # Discriminator
         cfg: LossConfig,  # weights and schedules
-        encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,  # CLIP image encoder, x in [0, 1] -> (B, D); None: no itc
+        encoder: (
+            Callable[[torch.Tensor], torch.Tensor] | None
+        ) = None,  # CLIP image encoder, x in [0, 1] -> (B, D); None: no itc
         mappers: nn.ModuleList | None = None,  # end-to-end: one brain -> CLIP mapper per condition
     ):
         super().__init__()
@@ -104,7 +108,9 @@ class LafiteLoss(nn.Module):
             raise ValueError(f"{len(mappers)} mappers for a generator with {G.n_conditions} conditions")
 
     # --- shared draws ---------------------------------------------------------------------
-    def conditions(self, batch: dict, rnd: StepRandom, detach_mappers: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def conditions(
+        self, batch: dict, rnd: StepRandom, detach_mappers: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Perturbed conditions (B, K, D) for this phase, and the raw mapper predictions (e2e)."""
         if self.mappers is not None:
             pred = torch.stack([m(batch["betas"]) for m in self.mappers], dim=1)
@@ -133,7 +139,9 @@ class LafiteLoss(nn.Module):
             ws = torch.cat([ws[:, :cutoff], self.G.mapping(z2)[:, cutoff:]], dim=1)
         return self.G.synthesis(ws, c, noise=self.noise(batch, rnd)), ws
 
-    def contrastive_terms(self, feats: torch.Tensor, c: torch.Tensor, weight: float, name: str, terms: dict) -> torch.Tensor:
+    def contrastive_terms(
+        self, feats: torch.Tensor, c: torch.Tensor, weight: float, name: str, terms: dict
+    ) -> torch.Tensor:
         """-weight/K * sum_k contra(feats_k, c_k); feats (B, K, D) or (B, D) shared by all k."""
         K = c.shape[1]
         total = 0.0
@@ -155,7 +163,9 @@ class LafiteLoss(nn.Module):
         if self.encoder is not None and self.cfg.itc > 0:
             size = getattr(self.encoder, "image_size", img.shape[-1])
             scale = self.cfg.crop_min + (self.cfg.crop_max - self.cfg.crop_min) * rnd.uniform((img.shape[0],))
-            crops = random_crop_resize((img + 1) / 2, scale.to(img.dtype), rnd.uniform((img.shape[0], 2)).to(img.dtype), size)
+            crops = random_crop_resize(
+                (img + 1) / 2, scale.to(img.dtype), rnd.uniform((img.shape[0], 2)).to(img.dtype), size
+            )
             loss_g = loss_g + self.contrastive_terms(self.encoder(crops), c, self.cfg.itc, "Loss/G/itc", terms)
         if self.cfg.itd > 0:
             loss_g = loss_g + self.contrastive_terms(fts, c, self.cfg.itd, "Loss/G/itd", terms)
@@ -173,7 +183,9 @@ class LafiteLoss(nn.Module):
             mse = F.mse_loss(pred[:, k], target[:, k])
             cos = F.cosine_similarity(pred[:, k], target[:, k], dim=1).mean()
             value, for_backward = global_contra(pred[:, k], target[:, k], cfg.temperature)
-            terms.update({f"Loss/M/mse/{k}": mse.detach(), f"Loss/M/cos/{k}": cos.detach(), f"Loss/M/contra/{k}": value.detach()})
+            terms.update(
+                {f"Loss/M/mse/{k}": mse.detach(), f"Loss/M/cos/{k}": cos.detach(), f"Loss/M/contra/{k}": value.detach()}
+            )
             total = total + cfg.mapper_mse * mse + cfg.mapper_cos * (1 - cos) - cfg.mapper_contra * for_backward
         terms["Loss/M/total"] = total.detach()
         return total

@@ -139,8 +139,12 @@ class SynthesisLayer(nn.Module):
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, noise_mode: str = "random", noise: dict | None = None) -> torch.Tensor:
-        check_shape(x, [None, self.in_channels, self.resolution // self.up, self.resolution // self.up], f"{self.name} x")
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, noise_mode: str = "random", noise: dict | None = None
+    ) -> torch.Tensor:
+        check_shape(
+            x, [None, self.in_channels, self.resolution // self.up, self.resolution // self.up], f"{self.name} x"
+        )
         styles = self.style(w, c)
         noise_map = None
         if self.use_noise and noise_mode != "none":
@@ -151,7 +155,9 @@ class SynthesisLayer(nn.Module):
             else:
                 base = self.noise_const
             noise_map = base * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, noise_map, up=self.up, demodulate=True, resample_filter=self.resample_filter)
+        x = modulated_conv2d(
+            x, self.weight, styles, noise_map, up=self.up, demodulate=True, resample_filter=self.resample_filter
+        )
         return bias_act(x, self.bias, "lrelu")
 
 
@@ -200,8 +206,19 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, cond_kwargs, up=2, use_noise=use_noise, name=f"{name}.conv0")
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, cond_kwargs, use_noise=use_noise, name=f"{name}.conv1")
+            self.conv0 = SynthesisLayer(
+                in_channels,
+                out_channels,
+                w_dim,
+                resolution,
+                cond_kwargs,
+                up=2,
+                use_noise=use_noise,
+                name=f"{name}.conv0",
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, cond_kwargs, use_noise=use_noise, name=f"{name}.conv1"
+        )
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, cond_kwargs)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
@@ -300,7 +317,9 @@ class Generator(nn.Module):
             "fusion": fusion,
             "lr_multiplier": branch_lr_multiplier,
         }
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, cond_kwargs, use_noise)
+        self.synthesis = SynthesisNetwork(
+            w_dim, img_resolution, img_channels, channel_base, channel_max, cond_kwargs, use_noise
+        )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
 
@@ -427,7 +446,9 @@ class Discriminator(nn.Module):
         self.block_resolutions = sorted((r for r in channels if r > 4), reverse=True)
         for res in self.block_resolutions:
             in_channels = channels[res] if res < img_resolution else 0
-            setattr(self, f"b{res}", DiscriminatorBlock(in_channels, channels[res], channels[res // 2], res, img_channels))
+            setattr(
+                self, f"b{res}", DiscriminatorBlock(in_channels, channels[res], channels[res // 2], res, img_channels)
+            )
         self.b4 = DiscriminatorEpilogue(channels[4], c_dim, n_conditions, mbstd_group_size)
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

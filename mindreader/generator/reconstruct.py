@@ -46,7 +46,9 @@ def generate_images(G, c: torch.Tensor, z_policy: str, seed: int, device, batch_
     return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
 
 
-def reconstruct(run_folder, pred_test_files: list, output_h5, z_policy: str, seed: int, device, batch_size: int = 64) -> np.ndarray:
+def reconstruct(
+    run_folder, pred_test_files: list, output_h5, z_policy: str, seed: int, device, batch_size: int = 64
+) -> np.ndarray:
     """Write ``output_h5`` (images uint8 (N, R, R, 3), nsd_id (N,) in the test order) and return
     the images. Conditions: the normalised predictions of each condition's mapper."""
     G, meta = load_generator(run_folder)

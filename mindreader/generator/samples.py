@@ -25,7 +25,9 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def save_grid(path, G, data: TrainingSet, z_policy: str, device, mappers=None, seed: int = 0, n: int = 8, draws: int = 2) -> None:
+def save_grid(
+    path, G, data: TrainingSet, z_policy: str, device, mappers=None, seed: int = 0, n: int = 8, draws: int = 2
+) -> None:
     """Row 1: the first ``n`` training images; then ``draws`` rows of G(z, c) with their clean
     (unperturbed) conditions, z drawn per row from ``seed`` (or zero)."""
     n = min(n, len(data))

@@ -131,7 +131,9 @@ def from_pretrained(folder, cfg: dict, c_dim: int, n_conditions: int, fusion: st
     """G, G_ema, D for K conditions initialised from a single-condition pre-trained folder."""
     G0, G0_ema, D0, meta = load_networks(folder)
     if meta["generator"]["c_dim"] != c_dim:
-        raise ValueError(f"{folder}: pre-trained on {meta['generator']['c_dim']}-d conditions, the mappers predict {c_dim}-d")
+        raise ValueError(
+            f"{folder}: pre-trained on {meta['generator']['c_dim']}-d conditions, the mappers predict {c_dim}-d"
+        )
     G, D, g_kwargs, d_kwargs = build(cfg, c_dim, n_conditions, fusion, seed)
     G_ema = Generator(**g_kwargs)
     for src, dst in ((G0, G), (G0_ema, G_ema), (D0, D)):
@@ -148,7 +150,9 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
     mappers = None
     G_ema = None
     if job["stage"] == "pretrain":
-        data = pretraining_set(job["nsd_root"], job["images_h5"], job["prepared"], res, cfg["pretrain"]["use_augmented"])
+        data = pretraining_set(
+            job["nsd_root"], job["images_h5"], job["prepared"], res, cfg["pretrain"]["use_augmented"]
+        )
         conditions, fusion = ["img"], "max"
         G, D, g_kwargs, d_kwargs = build(cfg, data.cond.shape[-1], 1, fusion, seed)
         signal, kimg = cfg["pretrain"]["signal_weight"], cfg["pretrain"]["kimg"]
@@ -165,7 +169,9 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
             c_dim = data.target.shape[-1]
             mappers = torch.nn.ModuleList(load_mapper(folder) for folder in job["mapper_folders"])
         if job.get("pretrained"):
-            G, G_ema, D, g_kwargs, d_kwargs = from_pretrained(job["pretrained"], cfg, c_dim, len(conditions), fusion, seed)
+            G, G_ema, D, g_kwargs, d_kwargs = from_pretrained(
+                job["pretrained"], cfg, c_dim, len(conditions), fusion, seed
+            )
         else:
             G, D, g_kwargs, d_kwargs = build(cfg, c_dim, len(conditions), fusion, seed)
         signal, kimg = cfg["finetune"]["signal_weight"], cfg["finetune"]["kimg"]
@@ -215,7 +221,9 @@ def write_e2e_predictions(out: Path, mappers, job: dict, device: torch.device) -
     mappers.eval()
     preds = []
     for mapper in mappers:
-        chunks = [mapper(torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu() for i in range(0, len(betas), 256)]
+        chunks = [
+            mapper(torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu() for i in range(0, len(betas), 256)
+        ]
         preds.append(torch.cat(chunks).numpy())
     truth = [read_rows(path, nsd_id, ("target",))["target"] for path in job["targets"]]
     with atomic_path(out / E2E_PREDICTIONS) as tmp:

@@ -148,8 +148,12 @@ class Trainer:
         self.fingerprint = fingerprint
         self.grid_dir = Path(grid_dir) if grid_dir is not None else None
         self.callback = callback
-        self.opt_G = lazy_adam(self.G.parameters(), cfg.lr, cfg.betas, loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0)
-        self.opt_D = lazy_adam(self.D.parameters(), cfg.lr, cfg.betas, loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0)
+        self.opt_G = lazy_adam(
+            self.G.parameters(), cfg.lr, cfg.betas, loss_cfg.pl_interval if loss_cfg.pl_weight > 0 else 0
+        )
+        self.opt_D = lazy_adam(
+            self.D.parameters(), cfg.lr, cfg.betas, loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0
+        )
         self.opt_M = torch.optim.Adam(self.mappers.parameters(), lr=cfg.mapper_lr) if self.mappers is not None else None
         g_main_opts = {"G": self.opt_G, **({"M": self.opt_M} if self.opt_M is not None else {})}
         self.phases = [
@@ -196,7 +200,9 @@ class Trainer:
         return terms
 
     def train_step(self, step: int) -> dict:
-        indices = StepRandom(self.cfg.seed, step, "data", torch.device("cpu")).integers(len(self.data), self.local_batch)
+        indices = StepRandom(self.cfg.seed, step, "data", torch.device("cpu")).integers(
+            len(self.data), self.local_batch
+        )
         batch = self.data.batch(indices, self.device)
         terms = {}
         for phase in self.phases:
@@ -223,7 +229,9 @@ class Trainer:
         if self.rank == 0:
             tensors = {}
             for name, module in self.modules().items():
-                tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items() if name != "loss" or k == "pl_mean"})
+                tensors.update(
+                    {f"{name}.{k}": v for k, v in module.state_dict().items() if name != "loss" or k == "pl_mean"}
+                )
             meta = {}
             for name, opt in self.optimizers().items():
                 opt_tensors, meta[name] = optimizer_state(opt, name)
@@ -248,7 +256,9 @@ class Trainer:
             return
         tensors, state = loaded
         if state.get("fingerprint") != self.fingerprint:
-            log.warning("%s holds a checkpoint of another job (fingerprint differs): starting afresh", self.checkpoint_dir)
+            log.warning(
+                "%s holds a checkpoint of another job (fingerprint differs): starting afresh", self.checkpoint_dir
+            )
             return
         for name, module in self.modules().items():
             own = unflatten_tensors(name, tensors)
@@ -265,7 +275,15 @@ class Trainer:
     def grid(self, name: str) -> None:
         if self.grid_dir is None or self.rank != 0:
             return
-        save_grid(self.grid_dir / name, self.G_ema, self.data, self.loss.cfg.train_z, self.device, self.mappers, seed=self.cfg.seed)
+        save_grid(
+            self.grid_dir / name,
+            self.G_ema,
+            self.data,
+            self.loss.cfg.train_z,
+            self.device,
+            self.mappers,
+            seed=self.cfg.seed,
+        )
 
     def crossed(self, every_kimg: float, step: int) -> bool:
         """True if the images shown crossed a multiple of every_kimg during this step."""
@@ -278,7 +296,9 @@ class Trainer:
         self.try_resume()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0, mininterval=2)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0, mininterval=2
+        )
         with StopOnSignal() as stop:
             while self.step < self.total_steps:
                 start = time.perf_counter()
@@ -295,8 +315,13 @@ class Trainer:
                     row.update({k: sums[k] / counts[k] for k in sorted(sums)})
                     self.rows.append(row)
                     sums, counts = {}, {}
-                    log.info("step %d kimg %.2f kimg/s %.3f %s", self.step, kimg, kimg / max(self.seconds, 1e-9),
-                             " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("Loss/")))
+                    log.info(
+                        "step %d kimg %.2f kimg/s %.3f %s",
+                        self.step,
+                        kimg,
+                        kimg / max(self.seconds, 1e-9),
+                        " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("Loss/")),
+                    )
                 bar.set_postfix(kimg=f"{kimg:.1f}", kimg_s=f"{kimg / max(self.seconds, 1e-9):.3f}", refresh=False)
                 bar.update(1)
                 if self.crossed(self.cfg.sample_kimg, step):
