@@ -76,6 +76,8 @@ rule pretrain_generator:
         "results/logs/generator/pretrain.log",
     benchmark:
         "results/benchmarks/generator/pretrain.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
@@ -107,6 +109,8 @@ rule finetune_generator:
     wildcard_constraints:
         **GEN_CONSTRAINTS,
         strategy="finetune|scratch",
+    conda:
+        "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
@@ -144,6 +148,8 @@ rule finetune_e2e:
     wildcard_constraints:
         **GEN_CONSTRAINTS,
         strategy="e2e",
+    conda:
+        "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
@@ -175,6 +181,8 @@ rule reconstruct:
     wildcard_constraints:
         **GEN_CONSTRAINTS,
         strategy="finetune|scratch|e2e",
+    conda:
+        "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         mem_mb=4000,
