@@ -65,8 +65,8 @@ def _slurm_conf(host: str, state: Path, cpus: int, memory_mb: int) -> str:
             "JobAcctGatherType=jobacct_gather/none",
             "ReturnToService=2",
             # squeue is the status command without accounting: finished jobs must stay visible to
-            # it for a while (>= 3 x slurm-init-seconds-before-status-checks).
-            "MinJobAge=300",
+            # it for a while (>= 3 x slurm-init-seconds-before-status-checks; here: the whole test).
+            "MinJobAge=3600",
             f"KillWait={KILL_WAIT_S}",
             "GresTypes=gpu",
             f"StateSaveLocation={state}/ctld",
