@@ -17,12 +17,12 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES)
 	@echo "Done: tables in results/tables/, figures in results/figures/ (fig3.pdf)."
 
 # The self-contained HTML report of the last run (every table and figure, captioned).
 report: $(STAMP)
-	$(BIN)/snakemake --profile profiles/default --report report.html
+	$(BIN)/snakemake --cores 1 --report report.html
 	@echo "Report: report.html"
 
 test: $(STAMP)

@@ -1,9 +1,17 @@
 # Mind Reader (Lin, Sprague & Singh, NeurIPS 2022) on the Natural Scenes Dataset.
 # `snakemake --profile profiles/default` runs the embedded synthetic demo;
 # `snakemake --profile profiles/slurm --configfile config/nsd.yaml` the paper on a cluster.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The rules' scripts import this repository's mindreader package; conda envs (cluster runs) do
+# not contain it, so put the repository on PYTHONPATH for every job.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+)
 
 
 configfile: "config/config.yaml"
@@ -19,6 +27,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True
