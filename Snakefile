@@ -1,5 +1,5 @@
 # Mind Reader (Lin, Sprague & Singh, NeurIPS 2022) on the Natural Scenes Dataset.
-# `snakemake --profile profiles/default` runs the embedded synthetic demo;
+# `snakemake --cores 2` runs the embedded synthetic demo;
 # `snakemake --profile profiles/slurm --configfile config/nsd.yaml` the paper on a cluster.
 import os
 
