@@ -100,6 +100,11 @@ rule evaluate_run:
         "../scripts/evaluate_run.py"
 
 
+# Cheap CPU job: runs on the submitting host, no cluster job (hence no benchmark).
+localrules:
+    make_tables,
+
+
 rule make_tables:
     input:
         metrics=metrics_files(),

@@ -59,6 +59,15 @@ def figure_png(path, caption, subcategory):
     return report(path, caption=caption, category="5. Figures", subcategory=subcategory)
 
 
+# Cheap plotting jobs: they run on the submitting host, no cluster job (hence no benchmark).
+localrules:
+    fig3,
+    subject_reconstructions,
+    training_curves,
+    retrieval_examples,
+    metric_bars,
+
+
 rule fig3:
     input:
         reconstructions=[path for _, path in fig3_rows()],
