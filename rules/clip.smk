@@ -2,62 +2,9 @@
 # fetch_weights, the one rule that downloads (run it on a machine with internet).
 import sys
 
-from mindreader.nsd_paths import (
-    CAPTION_SPLITS,
-    EXPDESIGN_RELPATH,
-    STIM_INFO_RELPATH,
-    STIMULI_RELPATH,
-    captions_relpath,
-)
+from mindreader.nsd_paths import EXPDESIGN_RELPATH, STIM_INFO_RELPATH, STIMULI_RELPATH
 
-CLIP = config["clip"]
-CLIP_DEMO_DIR = CLIP["demo"]["dir"]
-CAPTION_RELPATHS = [captions_relpath(split) for split in CAPTION_SPLITS]
-
-
-def clip_model_files():
-    """The files a rule that loads CLIP takes as input: the demo CLIP's, or the weights file."""
-    if CLIP["train_demo"]:
-        return [
-            f"{CLIP_DEMO_DIR}/open_clip_config.json",
-            f"{CLIP_DEMO_DIR}/open_clip_model.safetensors",
-        ]
-    return [CLIP["weights"]]
-
-
-def configured_weights(cfg):
-    """Every weights file the config names: each section with `weights_name` and `weights`
-    keys (a section that trains its own network instead, `train_demo: true`, names none).
-    """
-    found = []
-    if isinstance(cfg, dict):
-        if cfg.get("weights_name") and cfg.get("weights") and not cfg.get("train_demo"):
-            found.append(
-                {
-                    "name": cfg["weights_name"],
-                    "path": cfg["weights"],
-                    "sha256": cfg.get("sha256", ""),
-                }
-            )
-        for value in cfg.values():
-            found.extend(configured_weights(value))
-    return found
-
-
-def missing_weights_message(cfg):
-    """None, or which configured weights files are absent and how to fetch them (nothing
-    downloads while the workflow runs, so say it before a rule fails for want of one).
-    """
-    missing = [w for w in configured_weights(cfg) if not os.path.isfile(w["path"])]
-    if not missing:
-        return None
-    listed = ", ".join("%s (%s)" % (w["name"], w["path"]) for w in missing)
-    return (
-        "Pretrained weights named in the config are not present: %s. Fetch them with "
-        "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet."
-        % listed
-    )
-
+# Helper functions and CLIP, CLIP_DEMO_DIR, CAPTION_RELPATHS: rules/common.smk.
 
 if missing_weights_message(config):
     print(missing_weights_message(config), file=sys.stderr)

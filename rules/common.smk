@@ -1,7 +1,23 @@
-# Config validation, wildcard constraints built from the config, and target functions.
+# Config validation, wildcard constraints built from the config, and every helper function of
+# the stage files (grouped by stage below): the stage files hold rules only. This file is
+# included first; a function that uses another stage's helper is called only when a rule is
+# defined, after the helpers above it exist.
 import os
+import re
 
 from snakemake.utils import validate
+
+from mindreader.evaluation.tables import TABLE_NAMES
+from mindreader.generator.conditioning import VARIANTS
+from mindreader.nsd_paths import (
+    CAPTION_SPLITS,
+    EXPDESIGN_RELPATH,
+    STIM_INFO_RELPATH,
+    betas_relpath,
+    captions_relpath,
+    mask_relpath,
+    present_betas_format,
+)
 
 
 validate(config, schema="../config/schema.yaml")
@@ -30,10 +46,9 @@ def nsd_inputs(*relpaths):
 
 
 def get_final_output():
-    """Everything `rule all` builds: every table and figure, and each stage's products on the way.
-
-    The target functions live with their stages (mappers.smk, generator.smk, evaluate.smk); they
-    are called when `rule all` is defined, after every stage file has been included.
+    """Everything the default target builds (every table and figure, and each stage's products
+    on the way). The per-stage target functions are below; the Snakefile calls this one when it
+    defines its default target, after every stage file has been included.
     """
     return [
         *expand("results/prepared/{subject}.h5", subject=SUBJECTS),
@@ -73,3 +88,253 @@ def evaluation_runs():
             run["loss"] = "mse"
         unique[tuple(run[k] for k in RUN_KEYS)] = run
     return list(unique.values())
+
+
+# --- Data (rules/data.smk) ---------------------------------------------------------------------
+
+
+def prepare_inputs(wildcards):
+    """The NSD files prepare_subject reads for a subject: the design, the stim info, the mask and
+    the betas of each configured session in the configured format ("auto": whichever is there,
+    NIfTI first, as the script decides)."""
+    fmt = config["prepare"]["betas_format"]
+    betas = []
+    for session in range(1, config["prepare"]["sessions"] + 1):
+        if fmt == "auto":
+            # none present: name the NIfTI, so that Snakemake reports the missing file
+            chosen = present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+        else:
+            chosen = fmt
+        betas.append(betas_relpath(wildcards.subject, session, chosen))
+    return nsd_inputs(EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas)
+
+
+# --- CLIP space (rules/clip.smk) ---------------------------------------------------------------
+
+CLIP = config["clip"]
+CLIP_DEMO_DIR = CLIP["demo"]["dir"]
+CAPTION_RELPATHS = [captions_relpath(split) for split in CAPTION_SPLITS]
+
+
+def clip_model_files():
+    """The files that a CLIP-loading rule takes as input (the demo CLIP's, or the weights file)."""
+    if CLIP["train_demo"]:
+        return [
+            f"{CLIP_DEMO_DIR}/open_clip_config.json",
+            f"{CLIP_DEMO_DIR}/open_clip_model.safetensors",
+        ]
+    return [CLIP["weights"]]
+
+
+def configured_weights(cfg):
+    """Every weights file the config names: each section with `weights_name` and `weights`
+    keys (a section that trains its own network instead, `train_demo: true`, names none).
+    """
+    found = []
+    if isinstance(cfg, dict):
+        if cfg.get("weights_name") and cfg.get("weights") and not cfg.get("train_demo"):
+            found.append(
+                {
+                    "name": cfg["weights_name"],
+                    "path": cfg["weights"],
+                    "sha256": cfg.get("sha256", ""),
+                }
+            )
+        for value in cfg.values():
+            found.extend(configured_weights(value))
+    return found
+
+
+def missing_weights_message(cfg):
+    """None, or which configured weights files are absent and how to fetch them (nothing
+    downloads while the workflow runs, so say it before a rule fails for want of one).
+    """
+    missing = [w for w in configured_weights(cfg) if not os.path.isfile(w["path"])]
+    if not missing:
+        return None
+    listed = ", ".join("%s (%s)" % (w["name"], w["path"]) for w in missing)
+    return (
+        "Pretrained weights named in the config are not present: %s. Fetch them with "
+        "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet." % listed
+    )
+
+
+# --- Mappers (rules/mappers.smk) ---------------------------------------------------------------
+
+MAPPER_CFG = config["mappers"]
+MAPPER_DIR = "results/mappers/{subject}/{mapper}/{loss}/{target}"
+CLIP_TARGET_FILES = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
+
+
+def mapper_targets():
+    """metrics.json of every mapper folder the runs of evaluation_runs() need (targets img and cap)."""
+    folders = {
+        MAPPER_DIR.format(
+            subject=run["subject"],
+            mapper=run["mapper"],
+            loss=run["loss"],
+            target=target,
+        )
+        for run in evaluation_runs()
+        for target in CLIP_TARGET_FILES
+    }
+    return sorted(f"{folder}/metrics.json" for folder in folders)
+
+
+# --- Generator (rules/generator.smk) -----------------------------------------------------------
+
+GEN = config["generator"]
+NETWORK_FILES = [
+    "network.json",
+    "G.safetensors",
+    "G_ema.safetensors",
+    "D.safetensors",
+    "losses.csv",
+]
+PRETRAINED = "results/generator/pretrained"
+RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
+GEN_CONSTRAINTS = {
+    "mapper": "cnn|ridge|mlp",
+    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
+    "variant": "|".join(re.escape(v) for v in VARIANTS),
+}
+
+
+def generator_clip_files():
+    """CLIP is loaded for the itc term only."""
+    return clip_model_files() if GEN["itc"] > 0 else []
+
+
+def mapper_folders(w):
+    return [f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}" for t in VARIANTS[w.variant].targets]
+
+
+def run_predictions(w):
+    """Test conditions of a run: the frozen mappers' pred_test.h5, or the end-to-end run's own."""
+    if w.strategy == "e2e":
+        return [os.path.join(RUN.format(**dict(w.items())), "e2e_pred_test.h5")]
+    return [f"{folder}/pred_test.h5" for folder in mapper_folders(w)]
+
+
+def embedding_files(w):
+    """CLIP targets of each condition of the variant (end-to-end mapper loss)."""
+    files = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
+    return [files[t] for t in VARIANTS[w.variant].targets]
+
+
+def generator_targets():
+    """Every reconstruction the tables need (evaluation_runs() above)."""
+    return [
+        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(**run)
+        for run in evaluation_runs()
+    ]
+
+
+def gpu_runtime(minutes):
+    return lambda wildcards, attempt: minutes * attempt
+
+
+# --- Evaluation and tables (rules/evaluate.smk) ------------------------------------------------
+
+EVAL = config["evaluation"]
+RUN_WILDCARDS = "{subject}/{mapper}/{loss}/{variant}/{strategy}"
+EVAL_CONSTRAINTS = {
+    "mapper": "cnn|ridge|mlp",
+    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
+    "variant": r"img|cap|img\+cap|avg|cat",
+    "strategy": "finetune|scratch|e2e",
+}
+
+
+def run_path(prefix, suffix, run):
+    return f"{prefix}/{RUN_WILDCARDS}{suffix}".format(**run)
+
+
+def metrics_files():
+    return [run_path("results/metrics", ".json", run) for run in evaluation_runs()]
+
+
+def evaluation_predictions(w):
+    """Predicted test embeddings per mapper target: the frozen mappers' pred_test.h5, or the
+    end-to-end run's own (one file holding every condition it trained)."""
+    if w.strategy == "e2e":
+        folder = run_path("results/generator", "", dict(w.items()))
+        return {"e2e": os.path.join(folder, "e2e_pred_test.h5")}
+    return {t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5" for t in ("img", "cap")}
+
+
+def evaluation_clip_files():
+    """The CLIP of the CLIP metrics is an input only when it is the workflow's own (the demo CLIP
+    is made by a rule); another CLIP, like the networks, may be absent (metrics missing).
+    """
+    return clip_model_files() if EVAL["clip"] is None else []
+
+
+def weights_present():
+    files = {name: entry["weights"] for name, entry in EVAL["networks"].items()}
+    if EVAL["clip"] is not None:
+        files["clip"] = EVAL["clip"]["weights"]
+    return {name: os.path.isfile(path) for name, path in sorted(files.items())}
+
+
+def data_description():
+    """Which data the numbers come from; every table prints it."""
+    prepare = config["prepare"]
+    return {
+        "synthetic": bool(SYNTHETIC),
+        "nsd_root": NSD_ROOT,
+        "sessions": prepare["sessions"],
+        "split": prepare["split"],
+        "test_repeats": prepare["test_repeats"],
+    }
+
+
+def evaluation_targets():
+    """Every table and figure (for the default target); the per-run metrics come with them."""
+    tables = expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex"))
+    return tables + figure_targets()
+
+
+# --- Figures and the report (rules/report.smk) -------------------------------------------------
+
+MAIN = config["ablations"]["main"]
+FIGURE_SUBJECT = next((s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0])
+
+
+def main_run(subject, **changes):
+    run = {"subject": subject, **MAIN, **changes}
+    if run["mapper"] == "ridge":
+        run["loss"] = "mse"
+    return run
+
+
+def reconstruction_file(run):
+    return run_path("results/reconstructions", ".h5", run)
+
+
+def fig3_rows():
+    """(label, reconstructions file) per conditioning variant of the ablation subject."""
+    return [(v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v))) for v in config["ablations"]["variants"]]
+
+
+def subject_grid_rows(subject):
+    """(label, reconstructions file) per mapper of the comparison table."""
+    return [(m, reconstruction_file(main_run(subject, mapper=m))) for m in config["ablations"]["mappers"]]
+
+
+def figure_targets():
+    per_subject = expand(
+        "results/figures/{subject}/{figure}.{ext}",
+        subject=SUBJECTS,
+        figure=("reconstructions", "training_curves", "retrieval"),
+        ext=("pdf", "png"),
+    )
+    return [
+        "results/figures/fig3.pdf",
+        "results/figures/fig3.png",
+        *per_subject,
+    ] + expand("results/figures/metrics_conditioning.{ext}", ext=("pdf", "png"))
+
+
+def figure_png(path, caption, subcategory):
+    return report(path, caption=caption, category="5. Figures", subcategory=subcategory)

@@ -1,11 +1,5 @@
 # Data: the synthetic NSD (when enabled) and per-subject preparation of betas.
-from mindreader.nsd_paths import (
-    EXPDESIGN_RELPATH,
-    STIM_INFO_RELPATH,
-    betas_relpath,
-    mask_relpath,
-    present_betas_format,
-)
+# Helper functions: rules/common.smk.
 
 if SYNTHETIC:
 
@@ -27,26 +21,6 @@ if SYNTHETIC:
             subjects=SUBJECTS,
         script:
             "../scripts/synthesize_nsd.py"
-
-
-def prepare_inputs(wildcards):
-    """The NSD files prepare_subject reads for a subject: the design, the stim info, the mask and
-    the betas of each configured session in the configured format ("auto": whichever is there,
-    NIfTI first, as the script decides)."""
-    fmt = config["prepare"]["betas_format"]
-    betas = []
-    for session in range(1, config["prepare"]["sessions"] + 1):
-        if fmt == "auto":
-            # none present: name the NIfTI, so that Snakemake reports the missing file
-            chosen = (
-                present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
-            )
-        else:
-            chosen = fmt
-        betas.append(betas_relpath(wildcards.subject, session, chosen))
-    return nsd_inputs(
-        EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas
-    )
 
 
 rule prepare_subject:

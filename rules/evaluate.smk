@@ -3,74 +3,10 @@
 # The battery's network weights are not inputs: a missing file makes its metrics "missing" (with
 # the reason) instead of stopping the workflow; `params.weights_present` reruns a run's
 # evaluation when a weights file appears.
-import os
-
 from mindreader.evaluation.tables import TABLE_NAMES
 from mindreader.nsd_paths import STIMULI_RELPATH
 
-EVAL = config["evaluation"]
-RUN_WILDCARDS = "{subject}/{mapper}/{loss}/{variant}/{strategy}"
-EVAL_CONSTRAINTS = {
-    "mapper": "cnn|ridge|mlp",
-    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-    "variant": r"img|cap|img\+cap|avg|cat",
-    "strategy": "finetune|scratch|e2e",
-}
-
-
-def run_path(prefix, suffix, run):
-    return f"{prefix}/{RUN_WILDCARDS}{suffix}".format(**run)
-
-
-def metrics_files():
-    return [run_path("results/metrics", ".json", run) for run in evaluation_runs()]
-
-
-def evaluation_predictions(w):
-    """Predicted test embeddings per mapper target: the frozen mappers' pred_test.h5, or the
-    end-to-end run's own (one file holding every condition it trained)."""
-    if w.strategy == "e2e":
-        folder = run_path("results/generator", "", dict(w.items()))
-        return {"e2e": os.path.join(folder, "e2e_pred_test.h5")}
-    return {
-        t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5"
-        for t in ("img", "cap")
-    }
-
-
-def evaluation_clip_files():
-    """The CLIP of the CLIP metrics is an input only when it is the workflow's own (the demo CLIP
-    is made by a rule); another CLIP, like the networks, may be absent (metrics missing).
-    """
-    return clip_model_files() if EVAL["clip"] is None else []
-
-
-def weights_present():
-    files = {name: entry["weights"] for name, entry in EVAL["networks"].items()}
-    if EVAL["clip"] is not None:
-        files["clip"] = EVAL["clip"]["weights"]
-    return {name: os.path.isfile(path) for name, path in sorted(files.items())}
-
-
-def data_description():
-    """Which data the numbers come from; every table prints it."""
-    prepare = config["prepare"]
-    return {
-        "synthetic": bool(SYNTHETIC),
-        "nsd_root": NSD_ROOT,
-        "sessions": prepare["sessions"],
-        "split": prepare["split"],
-        "test_repeats": prepare["test_repeats"],
-    }
-
-
-def evaluation_targets():
-    """Every table and figure (for `rule all`); the per-run metrics come with them."""
-    tables = expand(
-        "results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex")
-    )
-    return tables + figure_targets()
-
+# Helper functions and EVAL, RUN_WILDCARDS, EVAL_CONSTRAINTS: rules/common.smk.
 
 rule evaluate_run:
     input:

@@ -3,66 +3,9 @@
 # embeddings (or end to end), and reconstruction of every test sample.
 # Checkpoints live under results/checkpoints/generator/ (not outputs: a failed job keeps them,
 # and the rerun resumes). generator.gpus > 1 runs one job on several GPUs with torchrun.
-import re
-
-from mindreader.generator.conditioning import VARIANTS
 from mindreader.nsd_paths import STIMULI_RELPATH
 
-GEN = config["generator"]
-NETWORK_FILES = [
-    "network.json",
-    "G.safetensors",
-    "G_ema.safetensors",
-    "D.safetensors",
-    "losses.csv",
-]
-PRETRAINED = "results/generator/pretrained"
-RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
-GEN_CONSTRAINTS = {
-    "mapper": "cnn|ridge|mlp",
-    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-    "variant": "|".join(re.escape(v) for v in VARIANTS),
-}
-
-
-def generator_clip_files():
-    """CLIP is loaded for the itc term only."""
-    return clip_model_files() if GEN["itc"] > 0 else []
-
-
-def mapper_folders(w):
-    return [
-        f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}"
-        for t in VARIANTS[w.variant].targets
-    ]
-
-
-def run_predictions(w):
-    """Test conditions of a run: the frozen mappers' pred_test.h5, or the end-to-end run's own."""
-    if w.strategy == "e2e":
-        return [f"{RUN}/e2e_pred_test.h5".format(**dict(w.items()))]
-    return [f"{folder}/pred_test.h5" for folder in mapper_folders(w)]
-
-
-def embedding_files(w):
-    """CLIP targets of each condition of the variant (end-to-end mapper loss)."""
-    files = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
-    return [files[t] for t in VARIANTS[w.variant].targets]
-
-
-def generator_targets():
-    """Every reconstruction the tables need (evaluation_runs() in common.smk)."""
-    return [
-        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(
-            **run
-        )
-        for run in evaluation_runs()
-    ]
-
-
-def gpu_runtime(minutes):
-    return lambda wildcards, attempt: minutes * attempt
-
+# Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN, GEN_CONSTRAINTS: rules/common.smk.
 
 rule pretrain_generator:
     input:

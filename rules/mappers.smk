@@ -4,25 +4,7 @@
 # keeps them, and the rerun resumes).
 from mindreader.mappers.pipeline import OUTPUT_FILES
 
-MAPPER_CFG = config["mappers"]
-MAPPER_DIR = "results/mappers/{subject}/{mapper}/{loss}/{target}"
-CLIP_TARGET_FILES = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
-
-
-def mapper_targets():
-    """metrics.json of every mapper folder the runs of evaluation_runs() need (targets img and cap)."""
-    folders = {
-        MAPPER_DIR.format(
-            subject=run["subject"],
-            mapper=run["mapper"],
-            loss=run["loss"],
-            target=target,
-        )
-        for run in evaluation_runs()
-        for target in CLIP_TARGET_FILES
-    }
-    return sorted(f"{folder}/metrics.json" for folder in folders)
-
+# Helper functions and MAPPER_CFG, MAPPER_DIR, CLIP_TARGET_FILES: rules/common.smk.
 
 rule train_mapper:
     input:

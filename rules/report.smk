@@ -4,59 +4,10 @@ import os
 
 from mindreader.nsd_paths import STIMULI_RELPATH
 
+# Helper functions and MAIN, FIGURE_SUBJECT: rules/common.smk.
+
 
 report: "report/workflow.rst"
-
-
-MAIN = config["ablations"]["main"]
-FIGURE_SUBJECT = next(
-    (s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0]
-)
-
-
-def main_run(subject, **changes):
-    run = {"subject": subject, **MAIN, **changes}
-    if run["mapper"] == "ridge":
-        run["loss"] = "mse"
-    return run
-
-
-def reconstruction_file(run):
-    return run_path("results/reconstructions", ".h5", run)
-
-
-def fig3_rows():
-    """(label, reconstructions file) per conditioning variant of the ablation subject."""
-    return [
-        (v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v)))
-        for v in config["ablations"]["variants"]
-    ]
-
-
-def subject_grid_rows(subject):
-    """(label, reconstructions file) per mapper of the comparison table."""
-    return [
-        (m, reconstruction_file(main_run(subject, mapper=m)))
-        for m in config["ablations"]["mappers"]
-    ]
-
-
-def figure_targets():
-    per_subject = expand(
-        "results/figures/{subject}/{figure}.{ext}",
-        subject=SUBJECTS,
-        figure=("reconstructions", "training_curves", "retrieval"),
-        ext=("pdf", "png"),
-    )
-    return [
-        "results/figures/fig3.pdf",
-        "results/figures/fig3.png",
-        *per_subject,
-    ] + expand("results/figures/metrics_conditioning.{ext}", ext=("pdf", "png"))
-
-
-def figure_png(path, caption, subcategory):
-    return report(path, caption=caption, category="5. Figures", subcategory=subcategory)
 
 
 # Cheap plotting jobs: they run on the submitting host, no cluster job (hence no benchmark).
