@@ -5,6 +5,7 @@
 import os
 import re
 
+import yaml
 from snakemake.utils import validate
 
 from mindreader.evaluation.tables import TABLE_NAMES
@@ -27,8 +28,26 @@ NSD_ROOT = config["nsd_root"]
 SYNTHETIC = config["synthetic"]["enabled"]
 
 
+# The values each run axis may take (the schema's enums of ablations.main), and the two CLIP
+# targets of a mapper. Rules narrow these where two of them share a path (strategy).
+SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "config", "schema.yaml")))
+ALLOWED = {
+    axis: spec["enum"] for axis, spec in SCHEMA["properties"]["ablations"]["properties"]["main"]["properties"].items()
+}
+MAPPER_TARGETS = ("img", "cap")
+
+
+def alternatives(values):
+    return "|".join(re.escape(v) for v in values)
+
+
 wildcard_constraints:
     subject="|".join(SUBJECTS),
+    mapper=alternatives(ALLOWED["mapper"]),
+    loss=alternatives(ALLOWED["loss"]),
+    target=alternatives(MAPPER_TARGETS),
+    variant=alternatives(ALLOWED["variant"]),
+    strategy=alternatives(ALLOWED["strategy"]),
 
 
 SYNTHETIC_MARKER = os.path.join(NSD_ROOT, ".synthetic_complete.json")
@@ -193,11 +212,6 @@ NETWORK_FILES = [
 ]
 PRETRAINED = "results/generator/pretrained"
 RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
-GEN_CONSTRAINTS = {
-    "mapper": "cnn|ridge|mlp",
-    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-    "variant": "|".join(re.escape(v) for v in VARIANTS),
-}
 
 
 def generator_clip_files():
@@ -238,12 +252,6 @@ def gpu_runtime(minutes):
 
 EVAL = config["evaluation"]
 RUN_WILDCARDS = "{subject}/{mapper}/{loss}/{variant}/{strategy}"
-EVAL_CONSTRAINTS = {
-    "mapper": "cnn|ridge|mlp",
-    "loss": "mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-    "variant": r"img|cap|img\+cap|avg|cat",
-    "strategy": "finetune|scratch|e2e",
-}
 
 
 def run_path(prefix, suffix, run):

@@ -6,7 +6,7 @@
 from mindreader.evaluation.tables import TABLE_NAMES
 from mindreader.nsd_paths import STIMULI_RELPATH
 
-# Helper functions and EVAL, RUN_WILDCARDS, EVAL_CONSTRAINTS: rules/common.smk.
+# Helper functions and EVAL, RUN_WILDCARDS: rules/common.smk.
 
 rule evaluate_run:
     input:
@@ -21,8 +21,6 @@ rule evaluate_run:
         f"results/logs/evaluate/{RUN_WILDCARDS}.log",
     benchmark:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}.tsv"
-    wildcard_constraints:
-        **EVAL_CONSTRAINTS,
     conda:
         "../envs/metrics.yaml"
     threads: 2

@@ -5,7 +5,7 @@
 # and the rerun resumes). generator.gpus > 1 runs one job on several GPUs with torchrun.
 from mindreader.nsd_paths import STIMULI_RELPATH
 
-# Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN, GEN_CONSTRAINTS: rules/common.smk.
+# Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN: rules/common.smk.
 
 rule pretrain_generator:
     input:
@@ -50,7 +50,6 @@ rule finetune_generator:
     benchmark:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
     wildcard_constraints:
-        **GEN_CONSTRAINTS,
         strategy="finetune|scratch",
     conda:
         "../envs/torch.yaml"
@@ -89,7 +88,6 @@ rule finetune_e2e:
     benchmark:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
     wildcard_constraints:
-        **GEN_CONSTRAINTS,
         strategy="e2e",
     conda:
         "../envs/torch.yaml"
@@ -121,9 +119,6 @@ rule reconstruct:
         "results/logs/generator/reconstruct/{subject}/{mapper}/{loss}/{variant}/{strategy}.log",
     benchmark:
         "results/benchmarks/generator/reconstruct/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
-    wildcard_constraints:
-        **GEN_CONSTRAINTS,
-        strategy="finetune|scratch|e2e",
     conda:
         "../envs/torch.yaml"
     threads: GEN["threads"]

@@ -16,10 +16,6 @@ rule train_mapper:
         "results/logs/mappers/{subject}/{mapper}/{loss}/{target}.log",
     benchmark:
         "results/benchmarks/mappers/{subject}/{mapper}/{loss}/{target}.tsv"
-    wildcard_constraints:
-        mapper="cnn|ridge|mlp",
-        loss="mse|cos|mse_cos|contrastive|mse_cos_contrastive",
-        target="img|cap",
     conda:
         "../envs/torch.yaml"
     threads: MAPPER_CFG["threads"]
