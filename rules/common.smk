@@ -20,7 +20,6 @@ from mindreader.nsd_paths import (
     present_betas_format,
 )
 
-
 validate(config, schema="../config/schema.yaml")
 
 SUBJECTS = config["subjects"]
@@ -32,7 +31,10 @@ SYNTHETIC = config["synthetic"]["enabled"]
 # targets of a mapper. Rules narrow these where two of them share a path (strategy).
 SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "config", "schema.yaml")))
 ALLOWED = {
-    axis: spec["enum"] for axis, spec in SCHEMA["properties"]["ablations"]["properties"]["main"]["properties"].items()
+    axis: spec["enum"]
+    for axis, spec in SCHEMA["properties"]["ablations"]["properties"]["main"][
+        "properties"
+    ].items()
 }
 MAPPER_TARGETS = ("img", "cap")
 
@@ -72,7 +74,11 @@ def get_final_output():
     return [
         *expand("results/prepared/{subject}.h5", subject=SUBJECTS),
         "results/clip/captions_selected.tsv",
-        *([f"{config['clip']['demo']['dir']}/metrics.json"] if config["clip"]["train_demo"] else []),
+        *(
+            [f"{config['clip']['demo']['dir']}/metrics.json"]
+            if config["clip"]["train_demo"]
+            else []
+        ),
         *mapper_targets(),
         *generator_targets(),
         *evaluation_targets(),
@@ -82,7 +88,12 @@ def get_final_output():
 # --- Runs: one reconstruction per (subject, mapper, loss, variant, strategy) -------------------
 
 RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
-AXES = {"variant": "variants", "strategy": "strategies", "loss": "losses", "mapper": "mappers"}
+AXES = {
+    "variant": "variants",
+    "strategy": "strategies",
+    "loss": "losses",
+    "mapper": "mappers",
+}
 
 
 def evaluation_runs():
@@ -121,11 +132,15 @@ def prepare_inputs(wildcards):
     for session in range(1, config["prepare"]["sessions"] + 1):
         if fmt == "auto":
             # none present: name the NIfTI, so that Snakemake reports the missing file
-            chosen = present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+            chosen = (
+                present_betas_format(NSD_ROOT, wildcards.subject, session) or "nifti"
+            )
         else:
             chosen = fmt
         betas.append(betas_relpath(wildcards.subject, session, chosen))
-    return nsd_inputs(EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas)
+    return nsd_inputs(
+        EXPDESIGN_RELPATH, STIM_INFO_RELPATH, mask_relpath(wildcards.subject), *betas
+    )
 
 
 # --- CLIP space (rules/clip.smk) ---------------------------------------------------------------
@@ -174,7 +189,8 @@ def missing_weights_message(cfg):
     listed = ", ".join("%s (%s)" % (w["name"], w["path"]) for w in missing)
     return (
         "Pretrained weights named in the config are not present: %s. Fetch them with "
-        "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet." % listed
+        "'snakemake --cores 1 fetch_weights' (same --configfile) on a machine with internet."
+        % listed
     )
 
 
@@ -220,7 +236,10 @@ def generator_clip_files():
 
 
 def mapper_folders(w):
-    return [f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}" for t in VARIANTS[w.variant].targets]
+    return [
+        f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}"
+        for t in VARIANTS[w.variant].targets
+    ]
 
 
 def run_predictions(w):
@@ -239,7 +258,9 @@ def embedding_files(w):
 def generator_targets():
     """Every reconstruction the tables need (evaluation_runs() above)."""
     return [
-        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(**run)
+        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(
+            **run
+        )
         for run in evaluation_runs()
     ]
 
@@ -268,7 +289,10 @@ def evaluation_predictions(w):
     if w.strategy == "e2e":
         folder = run_path("results/generator", "", dict(w.items()))
         return {"e2e": os.path.join(folder, "e2e_pred_test.h5")}
-    return {t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5" for t in ("img", "cap")}
+    return {
+        t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5"
+        for t in ("img", "cap")
+    }
 
 
 def evaluation_clip_files():
@@ -299,14 +323,18 @@ def data_description():
 
 def evaluation_targets():
     """Every table and figure (for the default target); the per-run metrics come with them."""
-    tables = expand("results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex"))
+    tables = expand(
+        "results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex")
+    )
     return tables + figure_targets()
 
 
 # --- Figures and the report (rules/report.smk) -------------------------------------------------
 
 MAIN = config["ablations"]["main"]
-FIGURE_SUBJECT = next((s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0])
+FIGURE_SUBJECT = next(
+    (s for s in config["ablations"]["subjects"] if s in SUBJECTS), SUBJECTS[0]
+)
 
 
 def main_run(subject, **changes):
@@ -322,12 +350,18 @@ def reconstruction_file(run):
 
 def fig3_rows():
     """(label, reconstructions file) per conditioning variant of the ablation subject."""
-    return [(v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v))) for v in config["ablations"]["variants"]]
+    return [
+        (v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v)))
+        for v in config["ablations"]["variants"]
+    ]
 
 
 def subject_grid_rows(subject):
     """(label, reconstructions file) per mapper of the comparison table."""
-    return [(m, reconstruction_file(main_run(subject, mapper=m))) for m in config["ablations"]["mappers"]]
+    return [
+        (m, reconstruction_file(main_run(subject, mapper=m)))
+        for m in config["ablations"]["mappers"]
+    ]
 
 
 def figure_targets():

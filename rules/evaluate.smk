@@ -8,6 +8,7 @@ from mindreader.nsd_paths import STIMULI_RELPATH
 
 # Helper functions and EVAL, RUN_WILDCARDS: rules/common.smk.
 
+
 rule evaluate_run:
     input:
         reconstructions=f"results/reconstructions/{RUN_WILDCARDS}.h5",

@@ -7,6 +7,7 @@ from mindreader.nsd_paths import STIMULI_RELPATH
 
 # Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN: rules/common.smk.
 
+
 rule pretrain_generator:
     input:
         nsd=nsd_inputs(STIMULI_RELPATH),

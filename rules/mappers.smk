@@ -6,6 +6,7 @@ from mindreader.mappers.pipeline import OUTPUT_FILES
 
 # Helper functions and MAPPER_CFG, MAPPER_DIR, CLIP_TARGET_FILES: rules/common.smk.
 
+
 rule train_mapper:
     input:
         prepared="results/prepared/{subject}.h5",
