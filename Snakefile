@@ -14,6 +14,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+envvars:
+    "PYTHONPATH",
+
+
 configfile: "config/config.yaml"
 
 
