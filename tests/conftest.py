@@ -34,6 +34,23 @@ TINY_OVERRIDES = {
 }
 
 
+# A demo CLIP small enough to train in seconds (a few steps: only the plumbing is under test).
+TINY_CLIP = {
+    "demo": {
+        "embed_dim": 16,
+        "image_size": 32,
+        "vision_width": 8,
+        "context_length": 24,
+        "text_width": 32,
+        "text_layers": 1,
+        "text_heads": 2,
+        "steps": 4,
+        "batch_size": 16,
+    },
+    "batch_size": 32,
+}
+
+
 def deep_update(base: dict, overrides: dict) -> dict:
     """``base`` with ``overrides`` merged in, nested dicts key by key (returns a new dict)."""
     merged = copy.deepcopy(base)
@@ -76,6 +93,22 @@ def run_snakemake(workdir: Path, targets: list[str], config: dict, *extra: str, 
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def parse_workflow(configfile: Path):
+    """The repository's workflow as Snakemake parses it under ``configfile`` (rules, config)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            storage_settings=StorageSettings(),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
+        return workflow._workflow
 
 
 @pytest.fixture

@@ -8,25 +8,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_snakemake, tiny_config
+from conftest import TINY_CLIP, run_snakemake, tiny_config
 
 from mindreader import weights
 from mindreader.nsd import NSD
-
-TINY_CLIP = {
-    "demo": {
-        "embed_dim": 16,
-        "image_size": 32,
-        "vision_width": 8,
-        "context_length": 24,
-        "text_width": 32,
-        "text_layers": 1,
-        "text_heads": 2,
-        "steps": 4,
-        "batch_size": 16,
-    },
-    "batch_size": 32,
-}
 
 
 @pytest.mark.workflow

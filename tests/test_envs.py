@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from conftest import REPO, parse_workflow
 from rattler import MatchSpec
 
-REPO = Path(__file__).resolve().parents[1]
+
 ENV_DIR = REPO / "envs"
 ENV_FILES = sorted(ENV_DIR.glob("*.yaml"))
 CONFIGS = [REPO / "config" / "config.yaml", REPO / "config" / "nsd.yaml"]
@@ -107,24 +108,13 @@ def test_env_files_exist():
 @cache
 def workflow_rules(configfile: Path) -> tuple[tuple[str, Path | None, Path | None, bool], ...]:
     """(name, env file, script, runs code) of every rule the workflow defines under ``configfile``."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
-
     rules = []
-    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        workflow = api.workflow(
-            resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[configfile]),
-            storage_settings=StorageSettings(),
-            snakefile=REPO / "Snakefile",
-            workdir=REPO,
-        )
-        for rule in workflow._workflow.rules:
-            base = Path(rule.snakefile).parent
-            env = (base / rule.conda_env).resolve() if isinstance(rule.conda_env, str) else None
-            script = (base / rule.script).resolve() if rule.script else None
-            runs_code = not rule.norun
-            rules.append((rule.name, env, script, runs_code))
+    for rule in parse_workflow(configfile).rules:
+        base = Path(rule.snakefile).parent
+        env = (base / rule.conda_env).resolve() if isinstance(rule.conda_env, str) else None
+        script = (base / rule.script).resolve() if rule.script else None
+        runs_code = not rule.norun
+        rules.append((rule.name, env, script, runs_code))
     return tuple(rules)
 
 

@@ -9,7 +9,7 @@ import csv
 import h5py
 import numpy as np
 import pytest
-from conftest import run_snakemake, tiny_config
+from conftest import TINY_CLIP, run_snakemake, tiny_config
 
 from mindreader.io import read_json
 
@@ -17,20 +17,7 @@ pytestmark = pytest.mark.workflow
 
 TINY = {
     "subjects": ["subj01"],
-    "clip": {
-        "demo": {
-            "embed_dim": 16,
-            "image_size": 32,
-            "vision_width": 8,
-            "context_length": 24,
-            "text_width": 32,
-            "text_layers": 1,
-            "text_heads": 2,
-            "steps": 4,
-            "batch_size": 16,
-        },
-        "batch_size": 32,
-    },
+    "clip": TINY_CLIP,
     "mappers": {"cnn": {"hidden": 4, "blocks": 1, "head_hidden": 8, "pad_multiple": 32}, "train": {"epochs": 2}},
     "generator": {
         "resolution": 16,

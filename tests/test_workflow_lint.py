@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, tiny_config
+from conftest import REPO, parse_workflow, run_snakemake, tiny_config
 from test_slurm_profile import without_conda
 
 from mindreader.nsd_paths import (
@@ -49,24 +49,9 @@ def test_snakefmt_check_is_clean():
     assert result.returncode == 0, f"snakefmt --check:\n{result.stdout[-8000:]}\n{result.stderr[-3000:]}"
 
 
-def _workflow(configfile: Path):
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
-
-    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        workflow = api.workflow(
-            resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[configfile]),
-            storage_settings=StorageSettings(),
-            snakefile=REPO / "Snakefile",
-            workdir=REPO,
-        )
-        return workflow._workflow
-
-
 @pytest.fixture(scope="module", params=[DEMO_CONFIG, NSD_CONFIG], ids=["demo", "nsd"])
 def workflow(request):
-    return _workflow(request.param)
+    return parse_workflow(request.param)
 
 
 def test_every_rule_logs_and_every_cluster_rule_is_benchmarked(workflow):
