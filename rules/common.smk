@@ -8,8 +8,7 @@ import re
 import yaml
 from snakemake.utils import validate
 
-from mindreader.evaluation.tables import TABLE_NAMES
-from mindreader.generator.conditioning import VARIANTS
+from mindreader.names import TABLE_NAMES, VARIANTS
 from mindreader.nsd_paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,

@@ -3,7 +3,7 @@
 # The battery's network weights are not inputs: a missing file makes its metrics "missing" (with
 # the reason) instead of stopping the workflow; `params.weights_present` reruns a run's
 # evaluation when a weights file appears.
-from mindreader.evaluation.tables import TABLE_NAMES
+from mindreader.names import TABLE_NAMES
 from mindreader.nsd_paths import STIMULI_RELPATH
 
 # Helper functions and EVAL, RUN_WILDCARDS: rules/common.smk.

@@ -2,7 +2,7 @@
 # the prepared subject's training samples against the CLIP image (img) or caption (cap) targets.
 # Checkpoints live under results/checkpoints/mappers/ (not outputs: a failed or preempted job
 # keeps them, and the rerun resumes).
-from mindreader.mappers.pipeline import OUTPUT_FILES
+from mindreader.names import MAPPER_OUTPUT_FILES
 
 # Helper functions and MAPPER_CFG, MAPPER_DIR, CLIP_TARGET_FILES: rules/common.smk.
 
@@ -12,7 +12,7 @@ rule train_mapper:
         prepared="results/prepared/{subject}.h5",
         clip=lambda w: CLIP_TARGET_FILES[w.target],
     output:
-        **{name.replace(".", "_"): f"{MAPPER_DIR}/{name}" for name in OUTPUT_FILES},
+        **{name.replace(".", "_"): f"{MAPPER_DIR}/{name}" for name in MAPPER_OUTPUT_FILES},
     log:
         "results/logs/mappers/{subject}/{mapper}/{loss}/{target}.log",
     benchmark:

@@ -18,7 +18,8 @@ from mindreader.evaluation.figures import (
     top_retrieved,
     training_curves,
 )
-from mindreader.evaluation.tables import QUOTED_ROWS, TABLE_NAMES, all_tables, write_table
+from mindreader.evaluation.tables import QUOTED_ROWS, all_tables, write_table
+from mindreader.names import TABLE_NAMES
 
 ABLATIONS = {
     "main": {"mapper": "cnn", "loss": "mse_cos_contrastive", "variant": "img+cap", "strategy": "finetune"},

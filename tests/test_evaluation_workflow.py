@@ -12,7 +12,7 @@ import pytest
 from conftest import run_snakemake, tiny_config
 
 from mindreader.clip.demo import build_demo_clip, save_demo_clip
-from mindreader.evaluation.tables import TABLE_NAMES
+from mindreader.names import TABLE_NAMES
 from mindreader.io import read_json
 from mindreader.nsd import NSD
 

@@ -32,7 +32,8 @@ from mindreader.mappers import (
 )
 from mindreader.mappers.data import read_clip_targets, validation_mask
 from mindreader.mappers.models import architecture
-from mindreader.mappers.pipeline import OUTPUT_FILES, run_mapper
+from mindreader.mappers.pipeline import run_mapper
+from mindreader.names import MAPPER_OUTPUT_FILES
 
 torch.set_num_threads(1)
 CFG = tiny_config()["mappers"]
@@ -264,7 +265,7 @@ def test_run_mapper_writes_the_folder_and_retrieves_far_above_chance(tmp_path, k
     out = tmp_path / "out"
     metrics = run_mapper(prepared, clip, out, kind, loss, "img", cfg, 42, torch.device("cpu"),
                          tmp_path / "ckpt", subject="subj01", progress=False)
-    assert all((out / name).is_file() for name in OUTPUT_FILES)
+    assert all((out / name).is_file() for name in MAPPER_OUTPUT_FILES)
     assert not (tmp_path / "ckpt").exists()
     with h5py.File(prepared) as f, h5py.File(out / "pred_test.h5") as p, h5py.File(out / "pred_train.h5") as q:
         assert np.array_equal(p["nsd_id"][()], f["test/nsd_id"][()])

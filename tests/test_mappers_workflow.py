@@ -10,7 +10,7 @@ import pytest
 from conftest import run_snakemake, tiny_config
 
 from mindreader.mappers import load_mapper
-from mindreader.mappers.pipeline import OUTPUT_FILES
+from mindreader.names import MAPPER_OUTPUT_FILES
 
 TINY = {
     "clip": {
@@ -39,7 +39,7 @@ def test_train_mapper_fills_each_folder_for_two_subjects_and_rejects_ridge_with_
     for folder in FOLDERS:
         out = tmp_path / folder
         subject = folder.split("/")[2]
-        assert all((out / name).is_file() for name in OUTPUT_FILES), folder
+        assert all((out / name).is_file() for name in MAPPER_OUTPUT_FILES), folder
         assert (out / "provenance.json").is_file()
         with h5py.File(tmp_path / f"results/prepared/{subject}.h5") as f, h5py.File(out / "pred_test.h5") as p:
             assert np.array_equal(p["nsd_id"][()], f["test/nsd_id"][()])

@@ -17,6 +17,7 @@ import pandas as pd
 
 from mindreader.evaluation.battery import METRIC_BY_KEY
 from mindreader.io import atomic_path
+from mindreader.names import ABLATION_TABLES
 
 # The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
 COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
@@ -35,15 +36,7 @@ QUOTED_ROWS = {
     ),
 }
 
-# (table name, axis varied, what the table shows)
-ABLATIONS = (
-    ("conditioning", "variant", "Conditioning: image only, caption only, two-head (and others configured)"),
-    ("initialisation", "strategy", "Generator initialisation: pre-trained (finetune) vs from scratch"),
-    ("training_strategy", "strategy", "Training strategy: frozen mappers (finetune) vs end-to-end (e2e)"),
-    ("mapper_losses", "loss", "Mapper losses"),
-)
 STRATEGIES_OF = {"initialisation": ("finetune", "scratch"), "training_strategy": ("finetune", "e2e")}
-TABLE_NAMES = tuple(name for name, _, _ in ABLATIONS) + ("comparison",)
 
 
 @dataclass(frozen=True)
@@ -98,7 +91,7 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
     """The paper's four tables. ``runs``: dicts of the run keys plus ``summary`` (metrics JSON)."""
     main = ablations["main"]
     tables = []
-    for name, axis, title in ABLATIONS:
+    for name, axis, title in ABLATION_TABLES:
         values = ablations[{"variant": "variants", "strategy": "strategies", "loss": "losses"}[axis]]
         values = [v for v in values if v in STRATEGIES_OF.get(name, values)]
         chosen = [

@@ -7,35 +7,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from mindreader.names import VARIANTS, Variant, get_variant
 
-@dataclass(frozen=True)
-class Variant:
-    """A conditioning variant: which predicted embeddings condition G, and how branches fuse."""
-
-    name: str
-    targets: tuple[str, ...]  # mapper targets, one condition each: "img" (image), "cap" (caption)
-    fusion: str  # how the condition branches combine when there are two: max, avg, cat
-
-
-VARIANTS = {
-    "img": Variant("img", ("img",), "max"),
-    "cap": Variant("cap", ("cap",), "max"),
-    "img+cap": Variant("img+cap", ("img", "cap"), "max"),  # the paper's two-head model
-    "avg": Variant("avg", ("img", "cap"), "avg"),
-    "cat": Variant("cat", ("img", "cap"), "cat"),
-}
-
-
-def get_variant(name: str) -> Variant:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown conditioning variant '{name}'; choose one of {sorted(VARIANTS)}") from None
+__all__ = ["VARIANTS", "Variant", "expand_conditions", "get_variant", "perturb"]
 
 
 def perturb(c: torch.Tensor, signal_weight: float, noise: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,6 @@ from mindreader.runtime import seed_everything
 log = logging.getLogger(__name__)
 
 TARGETS = ("img", "cap")
-OUTPUT_FILES = ("model.safetensors", "model.json", "curve.csv", "pred_test.h5", "pred_train.h5", "metrics.json")
 
 
 @torch.no_grad()
