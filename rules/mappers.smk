@@ -12,7 +12,10 @@ rule train_mapper:
         prepared="results/prepared/{subject}.h5",
         clip=lambda w: CLIP_TARGET_FILES[w.target],
     output:
-        **{name.replace(".", "_"): f"{MAPPER_DIR}/{name}" for name in MAPPER_OUTPUT_FILES},
+        **{
+            name.replace(".", "_"): f"{MAPPER_DIR}/{name}"
+            for name in MAPPER_OUTPUT_FILES
+        },
     log:
         "results/logs/mappers/{subject}/{mapper}/{loss}/{target}.log",
     benchmark:

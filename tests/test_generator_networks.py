@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mindreader.generator.conditioning import expand_conditions
 from mindreader.generator.layers import downsample2d, modulated_conv2d, setup_filter, upfirdn2d, upsample2d
 from mindreader.generator.networks import Discriminator, Generator
+from mindreader.generator.store import architecture
 
 torch.set_num_threads(1)
 
@@ -131,3 +132,18 @@ def test_weight_copy_rejects_an_incompatible_network():
     G1, G2 = tiny_G(c_dim=12), tiny_G(n_conditions=2, c_dim=10)
     with pytest.raises(ValueError, match="cannot initialise"):
         expand_conditions(G1.state_dict(), G2.state_dict(), 2)
+
+
+def test_architecture_passes_the_branch_lr_multiplier_and_the_noise_switch():
+    cfg = {
+        "z_dim": 8, "w_dim": 8, "resolution": 8, "branch_width": 6, "channel_base": 64, "channel_max": 16,
+        "mapping_layers": 2, "mbstd_group_size": 2, "branch_lr_multiplier": 1.0, "noise_inputs": False,
+    }
+    g_kwargs, _ = architecture(cfg, c_dim=5, n_conditions=1, fusion="max")
+    G = Generator(**g_kwargs)
+    branch_fc = G.synthesis.b4.conv1.style.branches[0][0]
+    assert branch_fc.weight_gain == pytest.approx(1.0 / math.sqrt(5))
+    assert G.synthesis.noise_shapes() == {}
+    assert not any("noise" in name for name, _ in G.named_parameters())
+    img = G(torch.randn(3, 8), torch.randn(3, 1, 5))
+    assert img.shape == (3, 3, 8, 8)

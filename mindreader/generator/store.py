@@ -27,6 +27,8 @@ def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tupl
         "n_conditions": n_conditions,
         "fusion": fusion,
         "branch_width": arch["branch_width"],
+        "branch_lr_multiplier": arch["branch_lr_multiplier"],
+        "use_noise": arch["noise_inputs"],
         "channel_base": arch["channel_base"],
         "channel_max": arch["channel_max"],
         "mapping_layers": arch["mapping_layers"],
