@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 
 from mindreader.clip.demo import build_demo_clip
 from mindreader.clip.models import preprocess_images
 from mindreader.generator.data import TrainingSet
+from mindreader.generator.layers import modulated_conv2d
+from mindreader.generator.networks import Generator
 from mindreader.generator.reconstruct import generate_images
 from mindreader.generator.stages import build, loss_config, train_config
 from mindreader.generator.training import Trainer
@@ -83,12 +86,52 @@ def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, war
     return kimg / (time.perf_counter() - start), kimg / (time.process_time() - cpu)
 
 
+def synthesis_layers(G: Generator) -> list:
+    return [layer for block in G.synthesis.blocks() for layer in (getattr(block, "conv0", None), block.conv1) if layer]
+
+
 def time_generation(G, c: torch.Tensor, device, batch_size: int) -> tuple[float, float]:
     """(wall, CPU-time) images/s of G_ema generation in batches of ``batch_size``."""
     generate_images(G, c[:batch_size], "random", 0, device, batch_size)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     generate_images(G, c, "random", 0, device, batch_size)
     return len(c) / (time.perf_counter() - start), len(c) / (time.process_time() - cpu)
+
+
+def grouped_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """Baseline: the modulated, demodulated convolution as one batch-grouped convolution over
+    per-sample weights (StyleGAN2's "fused" formulation)."""
+    batch, in_channels = styles.shape
+    w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
+    w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    x = x.reshape(1, batch * in_channels, *x.shape[2:])
+    out = F.conv2d(x, w.reshape(-1, in_channels, *weight.shape[2:]), padding=weight.shape[-1] // 2, groups=batch)
+    return out.reshape(batch, -1, *out.shape[2:])
+
+
+def time_modconv(fn, shapes: list[tuple[int, int, int]], batch: int, device, repeats: int = 5) -> float:
+    """CPU-or-GPU seconds of forward + backward of ``fn`` over the synthesis layers ``shapes``."""
+    g = torch.Generator().manual_seed(0)
+    args = [
+        (
+            torch.randn(batch, c_in, res, res, generator=g).to(device).requires_grad_(True),
+            torch.randn(c_out, c_in, 3, 3, generator=g).to(device).requires_grad_(True),
+            (torch.rand(batch, c_in, generator=g) + 0.5).to(device).requires_grad_(True),
+        )
+        for c_in, c_out, res in shapes
+    ]
+    for x, w, s in args:  # warm-up
+        fn(x, w, s).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter() if device.type == "cuda" else time.process_time()
+    for _ in range(repeats):
+        for x, w, s in args:
+            fn(x, w, s).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+    return (time.process_time() - start) / repeats
 
 
 def main() -> None:
@@ -126,6 +169,14 @@ def main() -> None:
     print(f"ratio Lafite / plain: wall {lafite[0] / plain[0]:.2f}, CPU time {lafite[1] / plain[1]:.2f}")
 
     G, _, _, _ = build(cfg, c_dim, 2, "max", 0)
+    # Each layer convolves at its output resolution (after the upsampling of up-layers).
+    shapes = [(layer.in_channels, layer.out_channels, layer.resolution) for layer in synthesis_layers(G)]
+    ours = time_modconv(lambda x, w, s: modulated_conv2d(x, w, s), shapes, cfg["batch"], device)
+    grouped = time_modconv(grouped_modulated_conv2d, shapes, cfg["batch"], device)
+    print(
+        f"modulated conv, forward + backward over G's {len(shapes)} synthesis layers at batch {cfg['batch']}: "
+        f"ours {ours * 1000:.1f} ms, batch-grouped {grouped * 1000:.1f} ms, ratio grouped / ours {grouped / ours:.2f}"
+    )
     G.to(device)
     c = torch.nn.functional.normalize(torch.randn(256, 2, c_dim), dim=-1)
     batched = time_generation(G, c, device, 64)

@@ -48,7 +48,7 @@ rule embed_images:
         "results/benchmarks/clip/embed_images.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: CLIP["threads"]
     resources:
         mem_mb=8000,
     script:
@@ -69,7 +69,7 @@ rule embed_captions:
         "results/benchmarks/clip/embed_captions.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: CLIP["threads"]
     resources:
         mem_mb=8000,
     script:

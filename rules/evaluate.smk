@@ -24,7 +24,7 @@ rule evaluate_run:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}.tsv"
     conda:
         "../envs/metrics.yaml"
-    threads: 2
+    threads: EVAL["threads"]
     resources:
         mem_mb=8000,
     params:
