@@ -26,7 +26,7 @@ report: $(STAMP)
 	@echo "Report: report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=15 tests
 
 # Workflow hygiene: Snakemake's linter (exit 1 on any lint) and the Snakefile formatter.
 lint: $(STAMP)
