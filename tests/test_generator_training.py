@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mindreader.checkpoint import TrainingInterrupted
 from mindreader.generator.data import TrainingSet
 from mindreader.generator.loss import LossConfig
+from mindreader.generator.samples import save_grid
 from mindreader.generator.training import TrainConfig, Trainer
 from test_generator_networks import tiny_D, tiny_G
 
@@ -95,6 +98,17 @@ def test_training_runs_logs_and_changes_weights(tmp_path):
     assert (tmp_path / "ckpt" / "state.json").exists()  # the periodic checkpoint
     trainer.discard_checkpoint()
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_sample_grid_shows_reals_above_draws_enlarged_to_a_readable_size(tmp_path):
+    data = tiny_set()
+    G = tiny_G(n_conditions=2)
+    save_grid(tmp_path / "grid.png", G, data, "random", torch.device("cpu"), n=4, draws=2)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    scale = 8  # 16 px images, enlarged to 128
+    assert grid.shape == (3 * 16 * scale, 4 * 16 * scale, 3)
+    reals = data.images[:4].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(grid[::scale, ::scale][:16], np.concatenate(list(reals), axis=1))
 
 
 def test_interrupt_and_resume_gives_the_same_weights(tmp_path):
