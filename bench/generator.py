@@ -171,7 +171,7 @@ def main() -> None:
     G, _, _, _ = build(cfg, c_dim, 2, "max", 0)
     # Each layer convolves at its output resolution (after the upsampling of up-layers).
     shapes = [(layer.in_channels, layer.out_channels, layer.resolution) for layer in synthesis_layers(G)]
-    ours = time_modconv(lambda x, w, s: modulated_conv2d(x, w, s), shapes, cfg["batch"], device)
+    ours = time_modconv(modulated_conv2d, shapes, cfg["batch"], device)
     grouped = time_modconv(grouped_modulated_conv2d, shapes, cfg["batch"], device)
     print(
         f"modulated conv, forward + backward over G's {len(shapes)} synthesis layers at batch {cfg['batch']}: "

@@ -12,8 +12,8 @@ import pytest
 from conftest import run_snakemake, tiny_config
 
 from mindreader.clip.demo import build_demo_clip, save_demo_clip
-from mindreader.names import TABLE_NAMES
 from mindreader.io import read_json
+from mindreader.names import TABLE_NAMES
 from mindreader.nsd import NSD
 
 pytestmark = pytest.mark.workflow

@@ -201,7 +201,7 @@ def modulated_conv2d(
     channels by the styles, convolve with the shared weight, scale the output channels by the
     demodulation coefficients. Equal to convolving each sample with its own modulated weight,
     without materialising the (B, C_out, C_in, k, k) weights or a batch-grouped convolution
-    (about 2x faster per training step at the demo's scale on a CPU, measured)."""
+    (1.3x faster over G's layers at the demo's scale on a CPU; bench/generator.py)."""
     batch, in_channels, _, _ = x.shape
     kh = weight.shape[-1]
     check_shape(x, [None, weight.shape[1], None, None], "modulated_conv2d x")
