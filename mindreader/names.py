@@ -13,19 +13,31 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Variant:
-    """A conditioning variant: which predicted embeddings condition G, and how branches fuse."""
+    """A conditioning variant: which predicted embeddings condition G, and how they are combined.
+
+    ``combine`` "separate": one condition (one G branch and one D head) per target, their branch
+    outputs fused by ``fusion``; "mean": the targets' embeddings averaged into ONE condition (the
+    original's ``use_mapped='add'``).
+    """
 
     name: str
-    targets: tuple[str, ...]  # mapper targets, one condition each: "img" (image), "cap" (caption)
-    fusion: str  # how the condition branches combine when there are two: max, avg, cat
+    targets: tuple[str, ...]  # mapper targets: "img" (image), "cap" (caption)
+    fusion: str = "max"  # how the branches of separate conditions combine: max, avg, cat
+    combine: str = "separate"  # "separate": one condition per target; "mean": their mean as one
+    in_paper: bool = True  # False: an extra ablation of ours that the paper does not compare
+
+    @property
+    def n_conditions(self) -> int:
+        return 1 if self.combine == "mean" else len(self.targets)
 
 
 VARIANTS = {
-    "img": Variant("img", ("img",), "max"),
-    "cap": Variant("cap", ("cap",), "max"),
+    "img": Variant("img", ("img",)),
+    "cap": Variant("cap", ("cap",)),
     "img+cap": Variant("img+cap", ("img", "cap"), "max"),  # the paper's two-head model
-    "avg": Variant("avg", ("img", "cap"), "avg"),
-    "cat": Variant("cat", ("img", "cap"), "cat"),
+    "avg": Variant("avg", ("img", "cap"), combine="mean"),  # the original's use_mapped='add'
+    "img+cap-avg": Variant("img+cap-avg", ("img", "cap"), "avg", in_paper=False),
+    "img+cap-cat": Variant("img+cap-cat", ("img", "cap"), "cat", in_paper=False),
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mindreader.generator.conditioning import get_variant, perturb
+from mindreader.generator.conditioning import combine_targets, get_variant, perturb
 from mindreader.generator.distributed import StepRandom
 from mindreader.generator.loss import LafiteLoss, LossConfig, contra, random_crop_resize
 from mindreader.generator.training import ema_beta, update_ema
@@ -15,16 +15,26 @@ from test_generator_networks import tiny_D, tiny_G
 torch.set_num_threads(1)
 
 
-def test_contra_against_direct_formula():
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_contra_against_direct_formula(lam):
     torch.manual_seed(0)
     a, b, t = torch.randn(5, 7), torch.randn(5, 7), 0.5
-    total = 0.0
-    for i in range(5):
-        sims = [F.cosine_similarity(a[i], b[j], dim=0).item() / t for j in range(5)]
-        total += sims[i] - math.log(sum(math.exp(s) for s in sims))
-    assert contra(a, b, t).item() == pytest.approx(total / 5, abs=1e-5)
+    sim = [[F.cosine_similarity(a[i], b[j], dim=0).item() / t for j in range(5)] for i in range(5)]
+    # Row i: image-side a_i against every condition; column j: condition b_j against every image.
+    rows = sum(sim[i][i] - math.log(sum(math.exp(sim[i][j]) for j in range(5))) for i in range(5)) / 5
+    columns = sum(sim[j][j] - math.log(sum(math.exp(sim[i][j]) for i in range(5))) for j in range(5)) / 5
+    assert contra(a, b, t, lam).item() == pytest.approx(lam * rows + (1 - lam) * columns, abs=1e-5)
     # Perfectly aligned, well separated pairs approach log(1) = 0 from below.
-    assert -0.01 < contra(torch.eye(5) * 3, torch.eye(5), 0.05).item() <= 0
+    assert -0.01 < contra(torch.eye(5) * 3, torch.eye(5), 0.05, lam).item() <= 0
+
+
+def test_contra_direction_matters_and_lam_is_checked():
+    torch.manual_seed(1)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    assert contra(a, b, 0.5, 0.0).item() != pytest.approx(contra(a, b, 0.5, 1.0).item(), abs=1e-3)
+    assert contra(a, b, 0.5, 0.0).item() == pytest.approx(contra(b, a, 0.5, 1.0).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="lam"):
+        contra(a, b, 0.5, 1.5)
 
 
 def test_perturbation_formula():
@@ -42,9 +52,26 @@ def test_perturbation_formula():
 
 def test_variants():
     assert get_variant("img+cap").targets == ("img", "cap") and get_variant("img+cap").fusion == "max"
+    assert get_variant("img+cap").n_conditions == 2
     assert get_variant("cap").targets == ("cap",)
+    # The original's use_mapped='add': both predictions, averaged into one condition.
+    assert get_variant("avg").targets == ("img", "cap") and get_variant("avg").n_conditions == 1
+    assert [v for v in ("img", "cap", "img+cap", "avg", "img+cap-avg", "img+cap-cat") if get_variant(v).in_paper] == [
+        "img",
+        "cap",
+        "img+cap",
+        "avg",
+    ]
     with pytest.raises(ValueError, match="unknown conditioning variant"):
         get_variant("text")
+
+
+def test_combine_targets_averages_into_one_condition_or_keeps_each():
+    pred = torch.randn(3, 2, 5)
+    torch.testing.assert_close(combine_targets(pred, 1)[:, 0], (pred[:, 0] + pred[:, 1]) / 2)
+    assert combine_targets(pred, 2) is pred
+    with pytest.raises(ValueError, match="cannot condition"):
+        combine_targets(torch.randn(3, 3, 5), 2)
 
 
 def test_crop_of_full_scale_is_identity_and_crops_move():
@@ -100,3 +127,52 @@ def test_same_step_randomness_gives_the_same_loss():
     b, _ = loss.d_main(batch, StepRandom(7, 3, "Dmain", torch.device("cpu")))
     c, _ = loss.d_main(batch, StepRandom(7, 4, "Dmain", torch.device("cpu")))
     assert a["D"].item() == b["D"].item() != c["D"].item()
+
+
+def test_path_length_step_mixes_styles_as_configured():
+    loss, batch = loss_and_batch(n_conditions=1, itc=False)
+    seen = []
+    generate = loss.generate
+
+    def recording(c, rnd, mixing=True):
+        seen.append(mixing)
+        return generate(c, rnd, mixing)
+
+    loss.generate = recording
+    loss.g_pl(batch, StepRandom(0, 0, "Greg", torch.device("cpu")))
+    loss.cfg.pl_style_mixing = False
+    loss.g_pl(batch, StepRandom(0, 0, "Greg", torch.device("cpu")))
+    assert seen == [True, False]
+
+
+def e2e_loss(n_conditions, loss_input="perturbed"):
+    G, D = tiny_G(n_conditions=n_conditions), tiny_D(n_conditions=n_conditions)
+    torch.manual_seed(4)
+    mappers = torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2))
+    cfg = LossConfig(signal_weight=0.9, mapper_loss_input=loss_input)
+    batch = {"real": torch.rand(4, 3, 16, 16) * 2 - 1, "betas": torch.randn(4, 20), "target": torch.randn(4, 2, 12)}
+    return LafiteLoss(G, D, cfg, None, mappers), batch
+
+
+def test_end_to_end_mapper_loss_reads_the_conditions_that_G_sees():
+    loss, batch = e2e_loss(n_conditions=2)
+    c, pred = loss.conditions(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")), detach_mappers=False)
+    assert torch.equal(pred, c) and pred.requires_grad
+    raw = torch.stack([m(batch["betas"]) for m in loss.mappers], dim=1)
+    noise = StepRandom(0, 0, "Gmain", torch.device("cpu")).normal((4, 2, 12))
+    torch.testing.assert_close(c, perturb(raw, 0.9, noise))
+    loss.cfg.mapper_loss_input = "raw"
+    _, pred = loss.conditions(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")), detach_mappers=False)
+    torch.testing.assert_close(pred, raw)
+
+
+def test_end_to_end_avg_variant_conditions_on_the_mean_of_the_two_mappers():
+    loss, batch = e2e_loss(n_conditions=1)
+    c, pred = loss.conditions(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")), detach_mappers=False)
+    raw = torch.stack([m(batch["betas"]) for m in loss.mappers], dim=1)
+    noise = StepRandom(0, 0, "Gmain", torch.device("cpu")).normal((4, 2, 12))
+    assert c.shape == (4, 1, 12) and pred.shape == (4, 2, 12)
+    torch.testing.assert_close(c[:, 0], perturb((raw[:, 0] + raw[:, 1]) / 2, 0.9, noise[:, 0]))
+    torch.testing.assert_close(pred, perturb(raw, 0.9, noise))
+    losses, terms = loss.g_main(batch, StepRandom(0, 1, "Gmain", torch.device("cpu")))
+    assert {"G", "M"} == set(losses) and "Loss/M/mse/1" in terms

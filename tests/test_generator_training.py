@@ -20,6 +20,7 @@ from mindreader.checkpoint import TrainingInterrupted
 from mindreader.generator.data import TrainingSet
 from mindreader.generator.loss import LossConfig
 from mindreader.generator.samples import save_grid
+from mindreader.generator.stages import train_config
 from mindreader.generator.training import TrainConfig, Trainer
 from test_generator_networks import tiny_D, tiny_G
 
@@ -157,6 +158,44 @@ def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path):
     result = trainer.train()
     assert {"Loss/M/mse/0", "Loss/M/contra/1", "Loss/M/total"} <= set(result.rows[0])
     assert all(not torch.equal(a, b) for a, b in zip(before, result.mappers.parameters()))
+
+
+def test_end_to_end_mappers_get_Gs_optimiser_with_the_lazy_regularisation_adjustment(tmp_path):
+    data = tiny_set()
+    data.betas, data.target, data.cond = torch.randn(len(data), 20), torch.randn(len(data), 2, 12), None
+    cfg = TrainConfig(kimg=0.008, batch=4, lr=0.0025, betas=(0.0, 0.99), mapper_lr=0.0025, seed=3)
+    trainer = Trainer(
+        tiny_G(n_conditions=2),
+        tiny_D(n_conditions=2),
+        data,
+        LossConfig(signal_weight=0.9),
+        cfg,
+        tmp_path / "ckpt",
+        torch.device("cpu"),
+        mappers=torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2)),
+    )
+    group = trainer.opt_M.param_groups[0]
+    assert group["lr"] == pytest.approx(0.0025 * 10 / 11)
+    assert group["betas"] == pytest.approx((0.0, 0.99 ** (10 / 11)))
+
+
+def test_ema_ramps_up_only_when_training_starts_from_random_weights():
+    cfg = {
+        "batch": 16,
+        "lr": 0.0025,
+        "betas": [0.0, 0.99],
+        "ema_kimg": 5.0,
+        "ema_rampup": 0.05,
+        "checkpoint_kimg": 1.0,
+        "sample_kimg": 0.0,
+        "log_steps": 1,
+        "precision": "fp32",
+        "e2e": {"mapper_lr": None, "mapper_betas": None, "mapper_lazy_interval": 10},
+    }
+    assert train_config(cfg, 1.0, 0, initialised=False).ema_rampup == 0.05
+    assert train_config(cfg, 1.0, 0, initialised=True).ema_rampup is None
+    # The end-to-end mappers default to G's optimiser settings, as the original.
+    assert train_config(cfg, 1.0, 0, initialised=True).mapper_lr == 0.0025
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):

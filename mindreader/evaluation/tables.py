@@ -17,7 +17,7 @@ import pandas as pd
 
 from mindreader.evaluation.battery import METRIC_BY_KEY
 from mindreader.io import atomic_path
-from mindreader.names import ABLATION_TABLES
+from mindreader.names import ABLATION_TABLES, get_variant
 
 # The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
 COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
@@ -87,6 +87,13 @@ def _missing(summaries: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> 
     return reasons
 
 
+def _label(axis: str, value: str) -> str:
+    """A row's label on the ablation axis; variants that the paper does not compare say so."""
+    if axis == "variant" and not get_variant(value).in_paper:
+        return f"{value} (not in the paper)"
+    return value
+
+
 def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
     """The paper's four tables. ``runs``: dicts of the run keys plus ``summary`` (metrics JSON)."""
     main = ablations["main"]
@@ -103,7 +110,9 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
             and run[axis] == value
             and all(run[k] == main[k] for k in ("mapper", "loss", "variant", "strategy") if k != axis)
         ]
-        frame = pd.DataFrame([_row({"subject": r["subject"], axis: r[axis]}, r["summary"], ABLATION_COLUMNS) for r in chosen])
+        frame = pd.DataFrame(
+            [_row({"subject": r["subject"], axis: _label(axis, r[axis])}, r["summary"], ABLATION_COLUMNS) for r in chosen]
+        )
         fixed = ", ".join(f"{k} {main[k]}" for k in ("mapper", "loss", "variant", "strategy") if k != axis)
         tables.append(
             Table(

@@ -13,7 +13,20 @@ import torch.nn.functional as F
 
 from mindreader.names import VARIANTS, Variant, get_variant
 
-__all__ = ["VARIANTS", "Variant", "expand_conditions", "get_variant", "perturb"]
+__all__ = ["VARIANTS", "Variant", "combine_targets", "expand_conditions", "get_variant", "perturb"]
+
+
+def combine_targets(pred: torch.Tensor, n_conditions: int) -> torch.Tensor:
+    """Conditions (B, n_conditions, D) from one embedding per mapper target (B, M, D): the
+    embeddings themselves (one condition each), or their mean as ONE condition (the `avg`
+    variant, the original's use_mapped='add')."""
+    if pred.ndim != 3:
+        raise ValueError(f"expected embeddings (B, M, D), got {list(pred.shape)}")
+    if pred.shape[1] == n_conditions:
+        return pred
+    if n_conditions == 1:
+        return pred.mean(dim=1, keepdim=True)
+    raise ValueError(f"{pred.shape[1]} embeddings per sample cannot condition a {n_conditions}-condition generator")
 
 
 def perturb(c: torch.Tensor, signal_weight: float, noise: torch.Tensor) -> torch.Tensor:

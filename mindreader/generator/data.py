@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mindreader.generator.conditioning import combine_targets
 from mindreader.nsd import NSD
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,11 @@ def pretraining_set(
     )
 
 
-def finetuning_set(nsd_root, pred_train_files: list, resolution: int) -> TrainingSet:
-    """Training samples of a subject, conditioned on the frozen mappers' predictions (K files)."""
+def finetuning_set(nsd_root, pred_train_files: list, resolution: int, n_conditions: int) -> TrainingSet:
+    """Training samples of a subject, conditioned on the frozen mappers' predictions (one file per
+    target), combined into ``n_conditions`` conditions (``combine_targets``)."""
     nsd_id, pred = stack_predictions(pred_train_files)
+    pred = combine_targets(torch.from_numpy(pred), n_conditions).numpy()
     unique, index = _image_rows(nsd_id)
     return TrainingSet(
         images=load_images(nsd_root, unique, resolution),

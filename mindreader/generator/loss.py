@@ -4,8 +4,10 @@ Each training phase (G main, G path-length, D main, D R1) is one function that t
 and the step's random draws and returns the loss of each parameter group it trains ("G", "D",
 "M" for the end-to-end mappers) plus its named terms (``Loss/G/itc`` ...) for the log.
 
-contra(A, B) = mean_i log_softmax(cos(A, B) / temperature, rows)_ii over the *global* batch
-(features gathered from every rank). Each rank computes it on the whole batch with only its own
+contra(A, B) is Lafite's contrastive term over the *global* batch (features gathered from every
+rank): with sim_ij = cos(A_i, B_j) / temperature, A the image side and B the conditions,
+lam * mean_i log softmax(sim, rows)_ii + (1 - lam) * mean_i log softmax(sim, columns)_ii;
+Lafite and Mind Reader train with lam = 0 (for each condition, a softmax over the images). Each rank computes it on the whole batch with only its own
 slice attached to the graph; the gradient averaging over ranks divides by the world size, so the
 term is multiplied by the world size before backward to give exactly the single-process gradient.
 """
@@ -20,23 +22,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindreader.generator.conditioning import perturb
+from mindreader.generator.conditioning import combine_targets, perturb
 from mindreader.generator.distributed import StepRandom, all_reduce_mean, gather_with_grad, rank_and_world
 
 Z_POLICIES = ("random", "zero")
+MAPPER_LOSS_INPUTS = ("perturbed", "raw")
 
 
-def contra(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean log-softmax diagonal of the cosine-similarity matrix of rows of a and b / temperature."""
+def contra(a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float) -> torch.Tensor:
+    """Lafite's contra_loss: lam * mean log-softmax diagonal over each row of sim (a_i against
+    every b_j) + (1 - lam) * over each column (b_j against every a_i), sim = cos(a, b) / temperature.
+    Lafite's constant log(temperature) offset is left out (it has no gradient)."""
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"contra: expected two (N, D) tensors of one shape, got {list(a.shape)} and {list(b.shape)}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"contra: lam must be in [0, 1], got {lam}")
     sim = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
-    return F.log_softmax(sim, dim=1).diagonal().mean()
+    value = sim.new_zeros([])
+    if lam > 0:
+        value = value + lam * F.log_softmax(sim, dim=1).diagonal().mean()
+    if lam < 1:
+        value = value + (1 - lam) * F.log_softmax(sim, dim=0).diagonal().mean()
+    return value
 
 
-def global_contra(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def global_contra(
+    a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(value, value scaled for backward): contra over the batch gathered from every rank."""
-    value = contra(gather_with_grad(a), gather_with_grad(b), temperature)
+    value = contra(gather_with_grad(a), gather_with_grad(b), temperature, lam)
     return value, value * rank_and_world()[1]
 
 
@@ -64,10 +78,12 @@ class LossConfig:
     itc: float = 10.0  # weight of contra(CLIP(G(z, c)), c), split evenly over the K conditions
     itd: float = 10.0  # weight of contra(D_fts(x), c), split evenly over the K conditions
     temperature: float = 0.5  # temperature of the contrastive terms
+    contrastive_lam: float = 0.0  # contra's weight of the row softmax (0: Lafite's softmax over images)
     crop_min: float = 0.5  # smallest crop side (fraction) before the CLIP encoder
     crop_max: float = 1.0  # largest crop side
     train_z: str = "random"  # latent z in training: random (standard normal) or zero
     style_mixing: float = 0.9  # probability of mixing two latents in a batch
+    pl_style_mixing: bool = True  # style mixing in the path-length step too (StyleGAN2-ADA, Lafite)
     r1_gamma: float = 0.0064  # R1 weight (gamma / 2 * |grad|^2)
     r1_interval: int = 16  # lazy R1: every this many steps
     pl_weight: float = 2.0  # path-length regularisation weight (0: off)
@@ -78,10 +94,18 @@ class LossConfig:
     mapper_cos: float = 0.3  # ... of 1 - cos(pred, target)
     mapper_contra: float = 0.5  # ... of -contra(pred, target)
     mapper_adv: float = 0.1  # ... of softplus(-D(G(z, pred)))
+    mapper_loss_input: str = "perturbed"  # the mapper loss reads the perturbed, normalised predictions
+    # that G sees (the original) or the raw ones
 
     def __post_init__(self):
         if self.train_z not in Z_POLICIES:
             raise ValueError(f"unknown z policy '{self.train_z}'; choose one of {Z_POLICIES}")
+        if self.mapper_loss_input not in MAPPER_LOSS_INPUTS:
+            raise ValueError(
+                f"unknown mapper loss input '{self.mapper_loss_input}'; choose one of {MAPPER_LOSS_INPUTS}"
+            )
+        if not 0.0 <= self.contrastive_lam <= 1.0:
+            raise ValueError(f"contrastive_lam must be in [0, 1], got {self.contrastive_lam}")
 
 
 class LafiteLoss(nn.Module):
@@ -95,7 +119,8 @@ class LafiteLoss(nn.Module):
         encoder: (
             Callable[[torch.Tensor], torch.Tensor] | None
         ) = None,  # CLIP image encoder, x in [0, 1] -> (B, D); None: no itc
-        mappers: nn.ModuleList | None = None,  # end-to-end: one brain -> CLIP mapper per condition
+        mappers: nn.ModuleList | None = None,  # end-to-end: one brain -> CLIP mapper per target; with
+        # several mappers and a one-condition G, their mean is the condition (the `avg` variant)
     ):
         super().__init__()
         self.G = G
@@ -104,23 +129,30 @@ class LafiteLoss(nn.Module):
         self.encoder = encoder
         self.mappers = mappers
         self.register_buffer("pl_mean", torch.zeros([]))
-        if mappers is not None and len(mappers) != G.n_conditions:
+        if mappers is not None and G.n_conditions not in (1, len(mappers)):
             raise ValueError(f"{len(mappers)} mappers for a generator with {G.n_conditions} conditions")
 
     # --- shared draws ---------------------------------------------------------------------
     def conditions(
         self, batch: dict, rnd: StepRandom, detach_mappers: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Perturbed conditions (B, K, D) for this phase, and the raw mapper predictions (e2e)."""
-        if self.mappers is not None:
-            pred = torch.stack([m(batch["betas"]) for m in self.mappers], dim=1)
-            source = pred.detach() if detach_mappers else pred
-        else:
-            pred = None
+        """Perturbed conditions (B, K, D) for this phase and, end to end, the mappers' predictions
+        (B, M, D) as the mapper loss reads them (perturbed and normalised as G sees them, or raw)."""
+        signal = self.cfg.signal_weight
+        if self.mappers is None:
             bank = batch["cond"]  # (B, A, K, D): A alternative embeddings (augmentations) per sample
             pick = rnd.integers(bank.shape[1], bank.shape[0])
             source = bank[torch.arange(bank.shape[0], device=bank.device), pick]
-        return perturb(source, self.cfg.signal_weight, rnd.normal(tuple(source.shape)).to(source.dtype)), pred
+            return perturb(source, signal, rnd.normal(tuple(source.shape)).to(source.dtype)), None
+        pred = torch.stack([m(batch["betas"]) for m in self.mappers], dim=1)
+        if detach_mappers:
+            pred = pred.detach()
+        noise = rnd.normal(tuple(pred.shape)).to(pred.dtype)
+        n = self.G.n_conditions
+        c = perturb(combine_targets(pred, n), signal, noise[:, :n])
+        if self.cfg.mapper_loss_input == "raw":
+            return c, pred
+        return c, (c if n == pred.shape[1] else perturb(pred, signal, noise))
 
     def latents(self, batch_size: int, rnd: StepRandom) -> torch.Tensor:
         z = rnd.normal((batch_size, self.G.z_dim))
@@ -147,7 +179,7 @@ class LafiteLoss(nn.Module):
         total = 0.0
         for k in range(K):
             f = feats[:, k] if feats.ndim == 3 else feats
-            value, for_backward = global_contra(f, c[:, k], self.cfg.temperature)
+            value, for_backward = global_contra(f, c[:, k], self.cfg.temperature, self.cfg.contrastive_lam)
             terms[f"{name}/{k}"] = value.detach()
             total = total - weight / K * for_backward
         return total
@@ -176,13 +208,13 @@ class LafiteLoss(nn.Module):
         return losses, terms
 
     def mapper_loss(self, pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, terms: dict) -> torch.Tensor:
-        """Mind Reader's end-to-end mapper objective, summed over the K mappers."""
+        """Mind Reader's end-to-end mapper objective, summed over the mappers; ``pred`` (B, M, D)."""
         cfg = self.cfg
         total = cfg.mapper_adv * adv
         for k in range(pred.shape[1]):
             mse = F.mse_loss(pred[:, k], target[:, k])
             cos = F.cosine_similarity(pred[:, k], target[:, k], dim=1).mean()
-            value, for_backward = global_contra(pred[:, k], target[:, k], cfg.temperature)
+            value, for_backward = global_contra(pred[:, k], target[:, k], cfg.temperature, cfg.contrastive_lam)
             terms.update(
                 {f"Loss/M/mse/{k}": mse.detach(), f"Loss/M/cos/{k}": cos.detach(), f"Loss/M/contra/{k}": value.detach()}
             )
@@ -194,7 +226,7 @@ class LafiteLoss(nn.Module):
         cfg = self.cfg
         c, _ = self.conditions(batch, rnd, detach_mappers=True)
         c = c[:: cfg.pl_batch_shrink]
-        img, ws = self.generate(c, rnd, mixing=False)
+        img, ws = self.generate(c, rnd, mixing=cfg.pl_style_mixing)
         pl_noise = rnd.normal(tuple(img.shape)).to(img.dtype) / math.sqrt(img.shape[2] * img.shape[3])
         (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
         lengths = grads.float().square().sum(dim=2).mean(dim=1).sqrt()

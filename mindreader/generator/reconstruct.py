@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mindreader.generator.conditioning import combine_targets
 from mindreader.generator.data import stack_predictions
 from mindreader.generator.loss import Z_POLICIES
 from mindreader.generator.store import load_generator
@@ -41,9 +42,28 @@ def generate_images(G, c: torch.Tensor, z_policy: str, seed: int, device, batch_
     out = []
     for start in range(0, c.shape[0], batch_size):
         img = G(z[start : start + batch_size].to(device), c[start : start + batch_size].to(device), noise_mode="const")
-        out.append((img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(to_uint8(img).permute(0, 2, 3, 1).cpu().numpy())
     G.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """G's output (B, 3, R, R) in [-1, 1] -> uint8, rounded as StyleGAN2-ADA saves and measures images."""
+    return (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def predicted_conditions(G, pred_test_files: list, run_folder) -> tuple[np.ndarray, torch.Tensor]:
+    """(nsd_id (N,), c (N, K, D)): each test sample's conditions as G takes them at test time, the
+    normalised predictions of each condition's mapper (``run_folder`` names G in errors)."""
+    nsd_id, pred = stack_predictions(pred_test_files)
+    # One embedding per condition, or several averaged into the one condition of the `avg` variant.
+    counts_fit = pred.shape[1] == G.n_conditions or G.n_conditions == 1
+    if not counts_fit or pred.shape[2] != G.c_dim:
+        raise ValueError(
+            f"{run_folder}: generator takes {G.n_conditions} condition(s) of width {G.c_dim}, "
+            f"got {pred.shape[1]} x {pred.shape[2]} from {[str(p) for p in pred_test_files]}"
+        )
+    return nsd_id, F.normalize(combine_targets(torch.from_numpy(pred), G.n_conditions), dim=-1)
 
 
 def reconstruct(
@@ -53,13 +73,7 @@ def reconstruct(
     the images. Conditions: the normalised predictions of each condition's mapper."""
     G, meta = load_generator(run_folder)
     G.to(device)
-    nsd_id, pred = stack_predictions(pred_test_files)
-    if pred.shape[1] != G.n_conditions or pred.shape[2] != G.c_dim:
-        raise ValueError(
-            f"{run_folder}: generator takes {G.n_conditions} condition(s) of width {G.c_dim}, "
-            f"got {pred.shape[1]} x {pred.shape[2]} from {[str(p) for p in pred_test_files]}"
-        )
-    c = F.normalize(torch.from_numpy(pred), dim=-1)
+    nsd_id, c = predicted_conditions(G, pred_test_files, run_folder)
     images = generate_images(G, c, z_policy, seed, device, batch_size)
     with atomic_path(output_h5) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mindreader.generator.conditioning import combine_targets
 from mindreader.generator.data import TrainingSet
 from mindreader.generator.reconstruct import generate_images
 from mindreader.io import atomic_path
@@ -39,7 +40,7 @@ def save_grid(
     idx = torch.arange(n)
     if mappers is not None:
         mappers.eval()
-        c = torch.stack([m(data.betas[idx].to(device)) for m in mappers], dim=1)
+        c = combine_targets(torch.stack([m(data.betas[idx].to(device)) for m in mappers], dim=1), G.n_conditions)
         mappers.train()
     else:
         c = data.cond[idx, 0].to(device)

@@ -56,10 +56,12 @@ def loss_config(cfg: dict, signal_weight: float) -> LossConfig:
         itc=cfg["itc"],
         itd=cfg["itd"],
         temperature=cfg["temperature"],
+        contrastive_lam=cfg["contrastive_lam"],
         crop_min=cfg["itc_crop"][0],
         crop_max=cfg["itc_crop"][1],
         train_z=cfg["train_z"],
         style_mixing=cfg["style_mixing"],
+        pl_style_mixing=cfg["pl_style_mixing"],
         r1_gamma=r1_gamma(cfg),
         r1_interval=cfg["r1_interval"],
         pl_weight=cfg["pl_weight"],
@@ -70,18 +72,24 @@ def loss_config(cfg: dict, signal_weight: float) -> LossConfig:
         mapper_cos=e2e["cos"],
         mapper_contra=e2e["contra"],
         mapper_adv=e2e["adv"],
+        mapper_loss_input=e2e["loss_input"],
     )
 
 
-def train_config(cfg: dict, kimg: float, seed: int) -> TrainConfig:
+def train_config(cfg: dict, kimg: float, seed: int, initialised: bool) -> TrainConfig:
+    """The schedule; ``initialised``: training starts from trained weights, so G_ema has no
+    ramp-up (StyleGAN2-ADA and Lafite switch it off when resuming from a network)."""
+    e2e = cfg["e2e"]
     return TrainConfig(
         kimg=kimg,
         batch=cfg["batch"],
         lr=cfg["lr"],
         betas=tuple(cfg["betas"]),
-        mapper_lr=cfg["e2e"]["mapper_lr"],
+        mapper_lr=cfg["lr"] if e2e["mapper_lr"] is None else e2e["mapper_lr"],
+        mapper_betas=tuple(cfg["betas"] if e2e["mapper_betas"] is None else e2e["mapper_betas"]),
+        mapper_lazy_interval=e2e["mapper_lazy_interval"],
         ema_kimg=cfg["ema_kimg"],
-        ema_rampup=cfg["ema_rampup"],
+        ema_rampup=None if initialised else cfg["ema_rampup"],
         checkpoint_kimg=cfg["checkpoint_kimg"],
         sample_kimg=cfg["sample_kimg"],
         log_steps=cfg["log_steps"],
@@ -160,7 +168,7 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
         variant = get_variant(job["variant"])
         conditions, fusion = list(variant.targets), variant.fusion
         if job["stage"] == "finetune":
-            data = finetuning_set(job["nsd_root"], job["pred_train"], res)
+            data = finetuning_set(job["nsd_root"], job["pred_train"], res, variant.n_conditions)
             c_dim = data.cond.shape[-1]
         else:
             from mindreader.mappers import load_mapper
@@ -170,10 +178,10 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
             mappers = torch.nn.ModuleList(load_mapper(folder) for folder in job["mapper_folders"])
         if job.get("pretrained"):
             G, G_ema, D, g_kwargs, d_kwargs = from_pretrained(
-                job["pretrained"], cfg, c_dim, len(conditions), fusion, seed
+                job["pretrained"], cfg, c_dim, variant.n_conditions, fusion, seed
             )
         else:
-            G, D, g_kwargs, d_kwargs = build(cfg, c_dim, len(conditions), fusion, seed)
+            G, D, g_kwargs, d_kwargs = build(cfg, c_dim, variant.n_conditions, fusion, seed)
         signal, kimg = cfg["finetune"]["signal_weight"], cfg["finetune"]["kimg"]
     out = Path(job["output_dir"])
     trainer = Trainer(
@@ -181,7 +189,7 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
         D,
         data,
         loss_config(cfg, signal),
-        train_config(cfg, kimg, seed),
+        train_config(cfg, kimg, seed, initialised=G_ema is not None),
         job["checkpoint_dir"],
         device,
         G_ema=G_ema,

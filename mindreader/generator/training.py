@@ -52,7 +52,10 @@ class TrainConfig:
     batch: int  # global batch (split evenly over processes)
     lr: float = 0.0025  # Adam learning rate of G and D
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas of G and D
-    mapper_lr: float = 2e-4  # Adam learning rate of the end-to-end mappers
+    mapper_lr: float = 0.0025  # Adam learning rate of the end-to-end mappers (the original: G's)
+    mapper_betas: tuple[float, float] = (0.0, 0.99)  # their Adam betas (the original: G's)
+    mapper_lazy_interval: int = 10  # lr and betas adjusted as for a regulariser every this many
+    # steps, as the original's training loop does for the mappers (0: no adjustment)
     ema_kimg: float = 10.0  # EMA half-life of G_ema in kimg
     ema_rampup: float | None = 0.05  # half-life at most this fraction of the images shown (None: off)
     checkpoint_kimg: float = 10.0  # checkpoint every this many kimg (0: only on SIGTERM)
@@ -65,6 +68,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{self.precision}'; choose one of {PRECISIONS}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.mapper_betas = (float(self.mapper_betas[0]), float(self.mapper_betas[1]))
 
 
 @dataclass
@@ -154,7 +158,11 @@ class Trainer:
         self.opt_D = lazy_adam(
             self.D.parameters(), cfg.lr, cfg.betas, loss_cfg.r1_interval if loss_cfg.r1_gamma > 0 else 0
         )
-        self.opt_M = torch.optim.Adam(self.mappers.parameters(), lr=cfg.mapper_lr) if self.mappers is not None else None
+        self.opt_M = (
+            lazy_adam(self.mappers.parameters(), cfg.mapper_lr, cfg.mapper_betas, cfg.mapper_lazy_interval)
+            if self.mappers is not None
+            else None
+        )
         g_main_opts = {"G": self.opt_G, **({"M": self.opt_M} if self.opt_M is not None else {})}
         self.phases = [
             Phase("Gmain", 1, self.loss.g_main, g_main_opts),
