@@ -47,7 +47,9 @@ TINY = {
         "mappers": ["cnn"],
     },
 }
-RUNS = [("img+cap", "finetune"), ("img", "finetune"), ("img+cap", "scratch"), ("img+cap", "e2e")]
+RUNS = [("img+cap", "finetune"), ("img", "finetune"), ("avg", "finetune"), ("img+cap", "scratch"), ("img+cap", "e2e")]
+# The add variant reads both mappers but conditions a one-head G and D on their mean.
+CONDITIONS = {"img+cap": (["img", "cap"], 2), "img": (["img"], 1), "avg": (["img", "cap"], 1)}
 
 
 def test_pretrain_finetune_and_reconstruct_for_one_subject(tmp_path):
@@ -68,8 +70,9 @@ def test_pretrain_finetune_and_reconstruct_for_one_subject(tmp_path):
         assert len(list((tmp_path / f"{base}/{variant}/{strategy}_png").glob("*.png"))) == len(test_ids)
         run = tmp_path / f"results/generator/subj01/cnn/mse_cos_contrastive/{variant}/{strategy}"
         network = read_json(run / "network.json")
-        assert network["conditions"] == (["img", "cap"] if variant == "img+cap" else ["img"])
-        assert network["generator"]["n_conditions"] == len(network["conditions"])
+        conditions, heads = CONDITIONS[variant]
+        assert network["conditions"] == conditions
+        assert network["generator"]["n_conditions"] == network["discriminator"]["n_conditions"] == heads
         with open(run / "losses.csv") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 2 and "Loss/G/itc/0" in rows[0]
