@@ -6,10 +6,14 @@ they exercise exactly what a user runs, only smaller.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -95,6 +99,16 @@ def run_snakemake(workdir: Path, targets: list[str], config: dict, *extra: str, 
     return result
 
 
+@cache
+def scratch_workdir() -> Path:
+    """A working directory for parsing the workflow, removed when the test process ends: Snakemake
+    writes its log folder into the working directory, and collecting the tests must write
+    nothing into the repository."""
+    path = Path(tempfile.mkdtemp(prefix="mindreader-parse-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def parse_workflow(configfile: Path):
     """The repository's workflow as Snakemake parses it under ``configfile`` (rules, config)."""
     from snakemake.api import SnakemakeApi
@@ -103,10 +117,10 @@ def parse_workflow(configfile: Path):
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[configfile]),
+            config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
             storage_settings=StorageSettings(),
             snakefile=REPO / "Snakefile",
-            workdir=REPO,
+            workdir=scratch_workdir(),
         )
         return workflow._workflow
 

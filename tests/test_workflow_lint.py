@@ -39,8 +39,10 @@ def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("configfile", [DEMO_CONFIG, NSD_CONFIG], ids=["demo", "nsd"])
-def test_snakemake_lint_is_clean(configfile):
-    result = snakemake("--lint", "--workflow-profile", "none", "--configfile", str(configfile))
+def test_snakemake_lint_is_clean(configfile, tmp_path):
+    # Run in a scratch folder: Snakemake writes its log folder into the working directory.
+    options = ("--workflow-profile", "none", "--configfile", str(configfile), "--directory", str(tmp_path))
+    result = snakemake("--lint", *options, cwd=tmp_path)
     assert result.returncode == 0, f"snakemake --lint:\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}"
 
 

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mindreader.generator.conditioning import combine_targets
 from mindreader.generator.data import stack_predictions
@@ -88,10 +89,14 @@ def reconstruct(
     return images
 
 
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """One uint8 (H, W, 3) image as a PNG, written atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
 def write_pngs(reconstructions_h5, folder) -> None:
     """One PNG per reconstruction, ``{row:05d}_{nsdId:05d}.png``, into ``folder`` (made whole or not at all)."""
-    from mindreader.generator.samples import write_png
-
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)

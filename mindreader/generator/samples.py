@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from mindreader.generator.conditioning import combine_targets
 from mindreader.generator.data import TrainingSet
-from mindreader.generator.reconstruct import generate_images
-from mindreader.io import atomic_path
+from mindreader.generator.reconstruct import generate_images, write_png
 
 # Grids of small images are enlarged (nearest neighbour, by an integer factor) to at least this
 # many pixels per image, so that a 32 px demo grid is readable in an image viewer.
@@ -22,11 +18,6 @@ MIN_TILE_SIDE = 128
 def tile(rows: list[np.ndarray]) -> np.ndarray:
     """Rows of (N, H, W, 3) uint8 images -> one (rows * H, N * W, 3) image."""
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-
-
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
 
 
 @torch.no_grad()
