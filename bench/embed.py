@@ -26,7 +26,7 @@ from PIL import Image
 from mindreader.clip.embed import embed_image_batches
 from mindreader.clip.models import FrozenClip
 from mindreader.nsd import NSD, STIMULI_RELPATH
-from mindreader.nsd_write import write_stimuli
+from mindreader.nsd.write import write_stimuli
 
 
 def baseline(model, preprocess, brick_path: str, ids: np.ndarray) -> np.ndarray:

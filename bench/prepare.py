@@ -35,7 +35,7 @@ METHODS = ("floor", "int16_whole", "naive_get_fdata", "project_stream", "project
 def write_session_tree(root: Path, seed: int = 0) -> None:
     """A one-session NSD tree: a brain-shaped ellipsoid of noisy betas (0 outside, as NSD's
     betas are), an nsdgeneral ROI of ROI_VOXELS voxels inside it, a design and a stim info."""
-    from mindreader import nsd_write
+    from mindreader.nsd import write as nsd_write
 
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in VOLUME], indexing="ij"))
@@ -61,7 +61,7 @@ def write_design(root: Path, sessions: int, rng: np.random.Generator) -> None:
     """Design and stim info of one subject seeing IMAGES_PER_SESSION images per session, 3 times each."""
     import pandas as pd
 
-    from mindreader import nsd_write
+    from mindreader.nsd import write as nsd_write
 
     n_images, n_shared = IMAGES_PER_SESSION * sessions, SHARED_PER_SESSION * sessions
     masterordering = rng.permutation(np.repeat(np.arange(n_images), 3))
@@ -90,7 +90,7 @@ def run_method(method: str, root: Path, sessions: int = 1) -> dict:
     import nibabel as nib
 
     from mindreader.nsd import NSD, betas_relpath, mask_relpath
-    from mindreader.nsd_betas import READ_BLOCK_BYTES
+    from mindreader.nsd.betas import READ_BLOCK_BYTES
     from mindreader.prepare import PrepareOptions, prepare_subject
 
     betas_path, mask_path = root / betas_relpath(1, 1), root / mask_relpath(1)

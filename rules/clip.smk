@@ -2,7 +2,7 @@
 # fetch_weights, the one rule that downloads (run it on a machine with internet).
 import sys
 
-from mindreader.nsd_paths import EXPDESIGN_RELPATH, STIM_INFO_RELPATH, STIMULI_RELPATH
+from mindreader.nsd.paths import EXPDESIGN_RELPATH, STIM_INFO_RELPATH, STIMULI_RELPATH
 
 # Helper functions and CLIP, CLIP_DEMO_DIR, CAPTION_RELPATHS: rules/common.smk.
 

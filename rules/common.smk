@@ -9,7 +9,7 @@ import yaml
 from snakemake.utils import validate
 
 from mindreader.names import TABLE_NAMES, VARIANTS
-from mindreader.nsd_paths import (
+from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
     STIM_INFO_RELPATH,

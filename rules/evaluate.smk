@@ -4,7 +4,7 @@
 # the reason) instead of stopping the workflow; `params.weights_present` reruns a run's
 # evaluation when a weights file appears.
 from mindreader.names import TABLE_NAMES
-from mindreader.nsd_paths import STIMULI_RELPATH
+from mindreader.nsd.paths import STIMULI_RELPATH
 
 # Helper functions and EVAL, RUN_WILDCARDS: rules/common.smk.
 

@@ -3,7 +3,7 @@
 # embeddings (or end to end), and reconstruction of every test sample.
 # Checkpoints live under results/checkpoints/generator/ (not outputs: a failed job keeps them,
 # and the rerun resumes). generator.gpus > 1 runs one job on several GPUs with torchrun.
-from mindreader.nsd_paths import STIMULI_RELPATH
+from mindreader.nsd.paths import STIMULI_RELPATH
 
 # Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN: rules/common.smk.
 

@@ -2,7 +2,7 @@
 # every table and figure below with its caption (rules/report/*.rst), one category per stage.
 import os
 
-from mindreader.nsd_paths import STIMULI_RELPATH
+from mindreader.nsd.paths import STIMULI_RELPATH
 
 # Helper functions and MAIN, FIGURE_SUBJECT: rules/common.smk.
 

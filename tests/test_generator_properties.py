@@ -22,7 +22,7 @@ from mindreader.generator.loss import LafiteLoss, LossConfig
 from mindreader.generator.reconstruct import reconstruct
 from mindreader.generator.stages import from_pretrained
 from mindreader.generator.store import architecture, save_networks
-from mindreader.nsd_write import write_stimuli
+from mindreader.nsd.write import write_stimuli
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

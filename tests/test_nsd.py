@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 from test_nsd_tree import N_SHARED, SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
 
-from mindreader import nsd_write
+from mindreader.nsd import write as nsd_write
 from mindreader.nsd import (
     EXPDESIGN_RELPATH,
     NSD,

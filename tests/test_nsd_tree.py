@@ -1,4 +1,4 @@
-"""A tiny NSD tree written with mindreader.nsd_write, shared by the NSD and preparation tests,
+"""A tiny NSD tree written with mindreader.nsd.write, shared by the NSD and preparation tests,
 and the tests that the writers store what NSD stores (1-based design, (T, Z, Y, X) HDF5)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from mindreader import nsd_write
+from mindreader.nsd import write as nsd_write
 from mindreader.nsd import EXPDESIGN_RELPATH, STIM_INFO_RELPATH, betas_relpath, mask_relpath
 
 VOLUME = (5, 6, 4)

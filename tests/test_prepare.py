@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from test_nsd_tree import N_SHARED, SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
 
-from mindreader import nsd_write
+from mindreader.nsd import write as nsd_write
 from mindreader.nsd import EXPDESIGN_RELPATH, NSD, NSDFormatError, betas_relpath
 from mindreader.prepare import PrepareOptions, prepare_subject
 

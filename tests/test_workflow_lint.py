@@ -16,7 +16,7 @@ from conftest import REPO, parse_workflow, run_snakemake, tiny_config
 from test_slurm_profile import without_conda
 
 from mindreader.names import get_variant
-from mindreader.nsd_paths import (
+from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
     STIM_INFO_RELPATH,

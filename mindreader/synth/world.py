@@ -1,6 +1,6 @@
 """Write a whole synthetic NSD tree: design, stimuli, captions, masks and betas, marker last.
 
-Everything goes through `mindreader.nsd_write`, so the tree has the real NSD layout and the same
+Everything goes through `mindreader.nsd.write`, so the tree has the real NSD layout and the same
 reader serves both. Besides the NSD files, `synthetic/` holds what only a synthetic world can
 offer: `world.json` (the parameters, written first), `scenes.json` (every image's scene and
 captions with their flaw labels) and `{subject}_voxels.csv` (each ROI voxel's tuning: low- vs
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mindreader import nsd_write
+from mindreader.nsd import write as nsd_write
 from mindreader.io import atomic_path, write_json
-from mindreader.nsd_paths import BETAS_FORMATS, subject_number
+from mindreader.nsd.paths import BETAS_FORMATS, subject_number
 from mindreader.synth.brain import make_brain, pooled_pixels, scene_features, session_betas, stimulus_signal
 from mindreader.synth.captions import caption_scene
 from mindreader.synth.design import N_SUBJECTS, coco_assignment, make_design, stim_info_table

@@ -1,5 +1,5 @@
 """Writers of the NSD layout (../shared/docs/nsd-format.md): the synthetic NSD and the tests use
-them, so the reader in `mindreader.nsd` serves real and written trees alike.
+them, so the reader in `mindreader.nsd.reader` serves real and written trees alike.
 
 Each writer takes arrays the way the project thinks of them (0-based ids, (X, Y, Z, trial)
 volumes) and writes them the way NSD stores them (1-based ids, trial-major HDF5). Every file is
@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mindreader.io import atomic_path
-from mindreader.nsd_paths import (
+from mindreader.nsd.paths import (
     EXPDESIGN_RELPATH,
     STIM_INFO_RELPATH,
     STIMULI_RELPATH,

@@ -1,7 +1,5 @@
-"""Reading the Natural Scenes Dataset in its real layout (../shared/docs/nsd-format.md).
-
-The paths of the layout live in `mindreader.nsd_paths` and are re-exported here.
-"""
+"""Reading the Natural Scenes Dataset in its real layout (../shared/docs/nsd-format.md): the
+experimental design, each subject's trials and betas, the stimuli and their captions."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from mindreader.nsd_betas import (  # noqa: F401  (errors and Mask are public here too)
+from mindreader.nsd.betas import (
     BetasFile,
     Mask,
     NSDFormatError,
@@ -24,7 +22,7 @@ from mindreader.nsd_betas import (  # noqa: F401  (errors and Mask are public he
     read_mask,
     require_file,
 )
-from mindreader.nsd_paths import (  # noqa: F401  (the public path API of the NSD layout)
+from mindreader.nsd.paths import (
     BETAS_FORMATS,
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,

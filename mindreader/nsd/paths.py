@@ -1,7 +1,7 @@
 """Every path of the NSD layout, relative to the NSD root (../shared/docs/nsd-format.md).
 
 Kept free of heavy imports so that the workflow's rule files can import it to name their inputs.
-`mindreader.nsd` re-exports all of it; nobody else spells these paths.
+The package `mindreader.nsd` re-exports all of it; nobody else spells these paths.
 """
 
 from __future__ import annotations
