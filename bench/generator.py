@@ -24,7 +24,7 @@ import yaml
 from mindreader.clip.demo import build_demo_clip
 from mindreader.clip.models import preprocess_images
 from mindreader.generator.data import TrainingSet
-from mindreader.generator.layers import modulated_conv2d
+from mindreader.generator.layers import modulated_conv2d, setup_filter, upfirdn2d
 from mindreader.generator.networks import Generator
 from mindreader.generator.reconstruct import generate_images
 from mindreader.generator.stages import build, loss_config, train_config
@@ -72,7 +72,8 @@ def time_training(cfg: dict, data: TrainingSet, encoder, device, steps: int, war
     fine-tuning shape)."""
     G, D, _, _ = build(cfg, data.cond.shape[-1], data.cond.shape[2], "max", 0)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(G, D, data, loss_config(cfg, 0.9), train_config(cfg, 1.0, 0), tmp, device, encoder=encoder)
+        schedule = train_config(cfg, 1.0, 0, initialised=False)
+        trainer = Trainer(G, D, data, loss_config(cfg, 0.9), schedule, tmp, device, encoder=encoder)
         for step in range(warmup):
             trainer.train_step(step)
         if device.type == "cuda":
@@ -109,12 +110,27 @@ def grouped_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torc
     return out.reshape(batch, -1, *out.shape[2:])
 
 
-def time_modconv(fn, shapes: list[tuple[int, int, int]], batch: int, device, repeats: int = 5) -> float:
-    """CPU-or-GPU seconds of forward + backward of ``fn`` over the synthesis layers ``shapes``."""
+def upsampling_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """Ours, up-sampling by 2 (StyleGAN2-ADA's way: transposed convolution, then the FIR filter)."""
+    return modulated_conv2d(x, weight, styles, up=2, resample_filter=setup_filter([1, 3, 3, 1]).to(x.device))
+
+
+def filter_first_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """Baseline with the same output: FIR-upsample the modulated input to the padded (2H + 2) map
+    (zero insertion, filter), then an unpadded convolution, then demodulation."""
+    f = setup_filter([1, 3, 3, 1]).to(x.device)
+    x = upfirdn2d(x * styles.reshape(*styles.shape, 1, 1), f, up=2, padding=(3, 2, 3, 2), gain=4)
+    coefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+    return F.conv2d(x, weight) * coefs.reshape(*coefs.shape, 1, 1)
+
+
+def time_modconv(fn, shapes: list[tuple[int, int, int]], batch: int, device, repeats: int = 5, up: int = 1) -> float:
+    """CPU-or-GPU seconds of forward + backward of ``fn`` over the synthesis layers ``shapes``
+    (output resolutions; inputs at 1 / ``up`` of them)."""
     g = torch.Generator().manual_seed(0)
     args = [
         (
-            torch.randn(batch, c_in, res, res, generator=g).to(device).requires_grad_(True),
+            torch.randn(batch, c_in, res // up, res // up, generator=g).to(device).requires_grad_(True),
             torch.randn(c_out, c_in, 3, 3, generator=g).to(device).requires_grad_(True),
             (torch.rand(batch, c_in, generator=g) + 0.5).to(device).requires_grad_(True),
         )
@@ -176,6 +192,15 @@ def main() -> None:
     print(
         f"modulated conv, forward + backward over G's {len(shapes)} synthesis layers at batch {cfg['batch']}: "
         f"ours {ours * 1000:.1f} ms, batch-grouped {grouped * 1000:.1f} ms, ratio grouped / ours {grouped / ours:.2f}"
+    )
+    up_shapes = [
+        (layer.in_channels, layer.out_channels, layer.resolution) for layer in synthesis_layers(G) if layer.up > 1
+    ]
+    ours = time_modconv(upsampling_modulated_conv2d, up_shapes, cfg["batch"], device, up=2)
+    first = time_modconv(filter_first_modulated_conv2d, up_shapes, cfg["batch"], device, up=2)
+    print(
+        f"up-sampling modulated conv, forward + backward over G's {len(up_shapes)} up-sampling layers: "
+        f"ours {ours * 1000:.1f} ms, filter first {first * 1000:.1f} ms, ratio filter first / ours {first / ours:.2f}"
     )
     G.to(device)
     c = torch.nn.functional.normalize(torch.randn(256, 2, c_dim), dim=-1)

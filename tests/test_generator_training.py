@@ -4,6 +4,7 @@ gloo processes (launched by torchrun) equal one process with the same global bat
 Run as a script under torchrun this file is the distributed worker of the last test.
 """
 
+import math
 import os
 import signal
 import subprocess
@@ -16,13 +17,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from mindreader.checkpoint import TrainingInterrupted
+from mindreader.checkpoint import TrainingInterrupted, load_checkpoint
+from mindreader.generator import networks
 from mindreader.generator.data import TrainingSet
 from mindreader.generator.loss import LossConfig
+from mindreader.generator.networks import Discriminator, Generator
 from mindreader.generator.samples import save_grid
 from mindreader.generator.stages import train_config
-from mindreader.generator.training import TrainConfig, Trainer
-from test_generator_networks import tiny_D, tiny_G
+from mindreader.generator.store import architecture
+from mindreader.generator.training import TrainConfig, Trainer, TrainingDiverged
+from test_generator_networks import small_arch, tiny_D, tiny_G
 
 torch.set_num_threads(1)
 
@@ -189,13 +193,95 @@ def test_ema_ramps_up_only_when_training_starts_from_random_weights():
         "checkpoint_kimg": 1.0,
         "sample_kimg": 0.0,
         "log_steps": 1,
-        "precision": "fp32",
+        "max_nonfinite_steps": 10,
         "e2e": {"mapper_lr": None, "mapper_betas": None, "mapper_lazy_interval": 10},
     }
     assert train_config(cfg, 1.0, 0, initialised=False).ema_rampup == 0.05
     assert train_config(cfg, 1.0, 0, initialised=True).ema_rampup is None
     # The end-to-end mappers default to G's optimiser settings, as the original.
     assert train_config(cfg, 1.0, 0, initialised=True).mapper_lr == 0.0025
+
+
+def poison(trainer, phase_name, steps):
+    """Make a phase's losses NaN at ``steps``, so that its gradients are non-finite there."""
+    phase = next(p for p in trainer.phases if p.name == phase_name)
+    real_fn = phase.fn
+
+    def fn(batch, rnd):
+        losses, terms = real_fn(batch, rnd)
+        if trainer.step in steps:
+            losses = {group: loss * float("nan") for group, loss in losses.items()}
+        return losses, terms
+
+    phase.fn = fn
+
+
+def test_nonfinite_gradients_skip_the_update_and_are_counted(tmp_path):
+    snapshots = {}
+
+    def snapshot(step):
+        snapshots[step] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+
+    trainer = make_trainer(tmp_path / "ckpt", callback=snapshot)
+    trainer.cfg.max_nonfinite_steps = 3
+    poison(trainer, "Dmain", {3, 4, 6, 7})  # two runs of two: under 3 in a row, so training completes
+    result = trainer.train()
+    assert result.steps == 8
+    assert [row["Progress/nonfinite_steps"] for row in result.rows] == [0, 1, 2, 4]  # after steps 1, 3, 5, 7
+    # Odd steps have no R1 phase: D changes only through Dmain, skipped at 3 and 7.
+    assert_same(snapshots[3], snapshots[2], atol=0, rtol=0)
+    assert_same(snapshots[7], snapshots[6], atol=0, rtol=0)
+    assert not torch.equal(snapshots[5]["b4.out.weight"], snapshots[4]["b4.out.weight"])
+    assert all(v.isfinite().all() for v in snapshots[7].values())
+    # The checkpoint due after step 3 fell amid non-finite steps and was not written; step 5's was.
+    _, state = load_checkpoint(tmp_path / "ckpt")
+    assert state["step"] == 6 and state["nonfinite_steps"] == 2
+
+
+def test_nonfinite_gradients_in_a_row_fail_the_job_keeping_the_last_good_checkpoint(tmp_path):
+    good = {}
+
+    def snapshot(step):
+        if step == 1:  # the state that the checkpoint after step 1 holds
+            good.update({f"D.{k}": v.clone() for k, v in trainer.D.state_dict().items()})
+
+    trainer = make_trainer(tmp_path / "ckpt", callback=snapshot)
+    trainer.cfg.max_nonfinite_steps = 3
+    poison(trainer, "Dmain", set(range(3, 8)))
+    with pytest.raises(TrainingDiverged, match="phase Dmain were non-finite 3 times in a row \\(the last at step 5"):
+        trainer.train()
+    assert trainer.nonfinite_steps == 3
+    tensors, state = load_checkpoint(tmp_path / "ckpt")
+    assert state["step"] == 2  # step 4's checkpoint fell amid the non-finite steps
+    assert_same({k: tensors[k] for k in good}, good, atol=0, rtol=0)
+    resumed = make_trainer(tmp_path / "ckpt")
+    resumed.try_resume()
+    assert resumed.step == 2 and resumed.nonfinite_steps == 0
+
+
+def test_training_steps_with_reduced_precision_blocks(tmp_path, monkeypatch):
+    """With the CPU made a reduced-precision device (as a GPU is), fp16 blocks without loss scaling
+    give finite losses, R1 and path-length penalties, and no skipped step."""
+    monkeypatch.setattr(networks, "REDUCED_PRECISION_DEVICES", ("cpu",))
+    g_kwargs, d_kwargs = architecture(small_arch(num_fp16_res=2, precision="fp16"), 12, 2, "max")
+    torch.manual_seed(0)
+    trainer = Trainer(
+        Generator(**g_kwargs),
+        Discriminator(**d_kwargs),
+        tiny_set(),
+        LossConfig(signal_weight=0.9, r1_gamma=0.5, r1_interval=2, pl_interval=2),
+        TrainConfig(kimg=0.016, batch=4, checkpoint_kimg=0, seed=3),
+        tmp_path / "ckpt",
+        torch.device("cpu"),
+        encoder=TinyEncoder(),
+    )
+    assert trainer.G.synthesis.b16.dtype == torch.float16
+    for step in range(4):
+        terms = trainer.train_step(step)
+        assert {"Loss/D/r1_penalty", "Loss/G/pl_penalty"} <= set(terms) or step % 2
+        assert all(math.isfinite(v) for v in terms.values())
+    assert trainer.nonfinite_steps == 0
+    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in trainer.G.parameters())
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):

@@ -94,6 +94,36 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
     return F.conv_transpose2d(x, weight, stride=up, padding=(fw - up) // 2, groups=channels)
 
 
+def upsample_conv2d(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    """FIR-upsample ``x`` (B, C_in, H, W) by ``up``, then correlate with ``weight`` (C_out, C_in, k, k),
+    k odd: output (B, C_out, H * up, W * up).
+
+    Defined as zero insertion, padding (p0 + k // 2, p1 + k // 2) on each axis with
+    (p0, p1) = ((fw + up - 1) // 2, (fw - up) // 2), the FIR filter ``f`` with gain up^2, then an
+    unpadded correlation with ``weight`` (``F.conv2d``'s convention, no flip): StyleGAN2-ADA's
+    ``conv2d_resample(x, w, f, up, padding=k // 2)`` with ``flip_weight=True``. So the border pixels
+    see the filter's tails, not zero padding. StyleGAN2-ADA's own up-sampling layers convolve
+    (``flip_weight=False``): their weights equal ours flipped over both spatial axes.
+
+    Computed as StyleGAN2-ADA does: a transposed convolution with stride ``up`` (only the products
+    with the non-zero input samples; about 2x faster than filtering first at the demo's shapes
+    on a CPU, bench/generator.py), then the FIR filter with the padding left over.
+    """
+    kernel = weight.shape[-1]
+    fw = f.shape[-1]
+    if kernel % 2 == 0:
+        raise ValueError(f"upsample_conv2d: odd kernel expected, got {kernel}")
+    # Padding of the upsampled image (the definition) less what the transposed convolution adds.
+    p0 = (fw + up - 1) // 2 + kernel // 2 - (kernel - 1)
+    p1 = (fw - up) // 2 + kernel // 2 - (kernel - up)
+    # A transposed convolution can only crop: it takes what both sides crop.
+    crop = max(min(-p0, -p1), 0)
+    # Transposed convolution convolves (scatters the kernel): flip to correlate with ``weight``.
+    x = F.conv_transpose2d(x, weight.flip([2, 3]).transpose(0, 1), stride=up, padding=crop)
+    p0, p1 = p0 + crop, p1 + crop
+    return upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=up**2)
+
+
 def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:
     """FIR anti-aliased downsampling: output (B, C, H / down, W / down)."""
     fw = f.shape[-1]
@@ -145,15 +175,15 @@ class Conv2dLayer(nn.Module):
         kernel_size: int,  # square kernel side (odd)
         bias: bool = True,  # learn an additive bias
         activation: str = "linear",  # "linear" or "lrelu"
-        up: int = 1,  # 2: FIR-upsample before the convolution
-        down: int = 1,  # 2: FIR-blur and convolve with stride 2
+        up: int = 1,  # 2: FIR-upsample and convolve (upsample_conv2d)
+        down: int = 1,  # 2: FIR-blur and convolve with stride 2 (not with up)
         resample_filter: tuple = (1, 3, 3, 1),  # FIR taps of the resampling filter
         conv_clamp: float | None = None,  # clamp outputs to +-this (None: no clamp)
     ):
         super().__init__()
         check_activation(activation)
-        if up not in (1, 2) or down not in (1, 2):
-            raise ValueError(f"up and down must be 1 or 2, got up={up}, down={down}")
+        if up not in (1, 2) or down not in (1, 2) or up * down > 2:
+            raise ValueError(f"up and down must be 1 or 2, not both 2, got up={up}, down={down}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -170,8 +200,8 @@ class Conv2dLayer(nn.Module):
         check_shape(x, [None, self.in_channels, None, None], "Conv2dLayer x")
         w = self.weight.to(x.dtype) * self.weight_gain
         if self.up > 1:
-            x = upsample2d(x, self.resample_filter, self.up)
-        if self.down > 1 and self.kernel_size > 1:
+            x = upsample_conv2d(x, w, self.resample_filter, self.up)
+        elif self.down > 1 and self.kernel_size > 1:
             # Blur with the padding that the strided kernel needs, then convolve with stride 2.
             fw = self.resample_filter.shape[-1]
             p = (fw - self.down) + (self.kernel_size - 1)
@@ -193,7 +223,7 @@ def modulated_conv2d(
     weight: torch.Tensor,  # (C_out, C_in, k, k) stored weight (already scaled by its gain)
     styles: torch.Tensor,  # (B, C_in) per-sample scale of each input channel
     noise: torch.Tensor | None = None,  # (B, 1, H', W') added to the output, or None
-    up: int = 1,  # 2: FIR-upsample the input first
+    up: int = 1,  # 2: FIR-upsample the input first (upsample_conv2d: correlation with ``weight``)
     demodulate: bool = True,  # rescale each sample's output channels to unit expected variance
     resample_filter: torch.Tensor | None = None,  # FIR filter for up > 1
 ) -> torch.Tensor:
@@ -201,14 +231,23 @@ def modulated_conv2d(
     channels by the styles, convolve with the shared weight, scale the output channels by the
     demodulation coefficients. Equal to convolving each sample with its own modulated weight,
     without materialising the (B, C_out, C_in, k, k) weights or a batch-grouped convolution
-    (1.3x faster over G's layers at the demo's scale on a CPU; bench/generator.py)."""
+    (1.3x faster over G's layers at the demo's scale on a CPU; bench/generator.py).
+
+    In fp16, demodulated weights and styles are first divided by their largest magnitudes (per
+    output channel, per sample), as StyleGAN2-ADA does against overflow: demodulation cancels
+    the scale, so only the rounding changes."""
     batch, in_channels, _, _ = x.shape
     kh = weight.shape[-1]
     check_shape(x, [None, weight.shape[1], None, None], "modulated_conv2d x")
     check_shape(styles, [batch, in_channels], "modulated_conv2d styles")
+    if x.dtype == torch.float16 and demodulate:
+        weight = weight / (math.sqrt(in_channels * kh * kh) * weight.abs().amax(dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    x = x * styles.reshape(batch, -1, 1, 1).to(x.dtype)
     if up > 1:
-        x = upsample2d(x, resample_filter, up)
-    x = F.conv2d(x * styles.reshape(batch, -1, 1, 1).to(x.dtype), weight.to(x.dtype), padding=kh // 2)
+        x = upsample_conv2d(x, weight.to(x.dtype), resample_filter, up)
+    else:
+        x = F.conv2d(x, weight.to(x.dtype), padding=kh // 2)
     if demodulate:
         # |w_b|^2 per output channel = sum_i s_bi^2 sum_k w_oik^2.
         coefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()

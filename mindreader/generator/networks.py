@@ -30,6 +30,27 @@ from mindreader.generator.layers import (
 
 FUSIONS = ("max", "avg", "cat")
 NOISE_MODES = ("random", "const", "none")
+# Dtype of the reduced-precision blocks for each ``precision``; fp32: no reduced precision.
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Devices on which blocks compute in reduced precision: the CPU (tests, the demo) stays in fp32.
+REDUCED_PRECISION_DEVICES = ("cuda",)
+
+
+def block_dtypes(
+    resolutions: list[int], img_resolution: int, num_fp16_res: int, precision: str
+) -> dict[int, torch.dtype]:
+    """Dtype of each block on a GPU, by resolution: ``precision`` in the top ``num_fp16_res``
+    resolutions but never below 8 x 8, fp32 elsewhere (StyleGAN2-ADA's rule)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {sorted(PRECISIONS)}")
+    lowest = max((2 * img_resolution) >> num_fp16_res, 8)
+    return {res: PRECISIONS[precision] if res >= lowest else torch.float32 for res in resolutions}
+
+
+def compute_dtype(gpu_dtype: torch.dtype, full_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """What a block computes in on ``device``: its GPU dtype on a reduced-precision device, else
+    the dtype of its parameters."""
+    return gpu_dtype if gpu_dtype != torch.float32 and device.type in REDUCED_PRECISION_DEVICES else full_dtype
 
 
 def channels_per_resolution(img_resolution: int, channel_base: int, channel_max: int) -> dict[int, int]:
@@ -123,12 +144,14 @@ class SynthesisLayer(nn.Module):
         up: int = 1,  # 2: upsample by 2 first
         use_noise: bool = True,  # add per-pixel noise scaled by a learned strength
         name: str = "",  # full name, the key of this layer's noise input
+        conv_clamp: float | None = None,  # clamp the output to +-this (None: no clamp)
     ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.resolution = resolution
         self.up = up
+        self.conv_clamp = conv_clamp
         self.use_noise = use_noise
         self.name = name
         self.style = ConditionedStyle(w_dim, in_channels, **cond_kwargs)
@@ -158,7 +181,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(
             x, self.weight, styles, noise_map, up=self.up, demodulate=True, resample_filter=self.resample_filter
         )
-        return bias_act(x, self.bias, "lrelu")
+        return bias_act(x, self.bias, "lrelu", clamp=self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -170,9 +193,11 @@ class ToRGBLayer(nn.Module):
         img_channels: int,  # output colour channels
         w_dim: int,  # w width
         cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
+        conv_clamp: float | None = None,  # clamp the output to +-this (None: no clamp)
     ):
         super().__init__()
         self.in_channels = in_channels
+        self.conv_clamp = conv_clamp
         self.style = ConditionedStyle(w_dim, in_channels, **cond_kwargs)
         self.weight = nn.Parameter(torch.randn(img_channels, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(img_channels))
@@ -182,11 +207,15 @@ class ToRGBLayer(nn.Module):
         check_shape(x, [None, self.in_channels, None, None], "ToRGBLayer x")
         styles = self.style(w, c) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return bias_act(x, self.bias, "linear")
+        return bias_act(x, self.bias, "linear", clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution of the skip-architecture generator: (const | up-conv), conv, ToRGB."""
+    """One resolution of the skip-architecture generator: (const | up-conv), conv, ToRGB.
+
+    On a GPU the feature maps are in ``dtype`` (reduced precision at the top resolutions); the
+    image and the layers' styles stay fp32.
+    """
 
     def __init__(
         self,
@@ -197,10 +226,13 @@ class SynthesisBlock(nn.Module):
         img_channels: int,  # colour channels
         cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
         use_noise: bool = True,  # noise inputs in the conv layers
+        conv_clamp: float | None = None,  # clamp conv and ToRGB outputs to +-this (None: no clamp)
+        dtype: torch.dtype = torch.float32,  # dtype of the feature maps on a GPU
     ):
         super().__init__()
         self.in_channels = in_channels
         self.resolution = resolution
+        self.dtype = dtype
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
         name = f"b{resolution}"
         if in_channels == 0:
@@ -215,11 +247,19 @@ class SynthesisBlock(nn.Module):
                 up=2,
                 use_noise=use_noise,
                 name=f"{name}.conv0",
+                conv_clamp=conv_clamp,
             )
         self.conv1 = SynthesisLayer(
-            out_channels, out_channels, w_dim, resolution, cond_kwargs, use_noise=use_noise, name=f"{name}.conv1"
+            out_channels,
+            out_channels,
+            w_dim,
+            resolution,
+            cond_kwargs,
+            use_noise=use_noise,
+            name=f"{name}.conv1",
+            conv_clamp=conv_clamp,
         )
-        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, cond_kwargs)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, cond_kwargs, conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
 
@@ -229,13 +269,15 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x, img, ws, c, noise_mode="random", noise=None):
         check_shape(ws, [None, self.num_conv + self.num_torgb, None], f"b{self.resolution} ws")
+        full_dtype = self.conv1.weight.dtype
+        dtype = compute_dtype(self.dtype, full_dtype, ws.device)
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1).to(ws.dtype)
+            x = self.const.to(dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
             x = self.conv1(x, ws[:, 0], c, noise_mode, noise)
         else:
-            x = self.conv0(x, ws[:, 0], c, noise_mode, noise)
+            x = self.conv0(x.to(dtype), ws[:, 0], c, noise_mode, noise)
             x = self.conv1(x, ws[:, 1], c, noise_mode, noise)
-        y = self.torgb(x, ws[:, -1], c)
+        y = self.torgb(x, ws[:, -1], c).to(full_dtype)
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
 
@@ -252,15 +294,29 @@ class SynthesisNetwork(nn.Module):
         channel_max: int,  # ... capped at channel_max
         cond_kwargs: dict,  # ConditionedStyle arguments other than w_dim and out_features
         use_noise: bool = True,  # noise inputs in the conv layers
+        num_fp16_res: int = 0,  # reduced precision on a GPU in this many top resolutions
+        conv_clamp: float | None = None,  # clamp conv and ToRGB outputs to +-this (None: no clamp)
+        precision: str = "fp16",  # dtype of those resolutions: fp16, bf16 or fp32
     ):
         super().__init__()
         self.img_resolution = img_resolution
         self.channels = channels_per_resolution(img_resolution, channel_base, channel_max)
         self.block_resolutions = sorted(self.channels)
+        dtypes = block_dtypes(self.block_resolutions, img_resolution, num_fp16_res, precision)
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = self.channels[res // 2] if res > 4 else 0
-            block = SynthesisBlock(in_channels, self.channels[res], w_dim, res, img_channels, cond_kwargs, use_noise)
+            block = SynthesisBlock(
+                in_channels,
+                self.channels[res],
+                w_dim,
+                res,
+                img_channels,
+                cond_kwargs,
+                use_noise,
+                conv_clamp,
+                dtypes[res],
+            )
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last ToRGB's w
@@ -303,6 +359,9 @@ class Generator(nn.Module):
         mapping_lr_multiplier: float = 0.01,  # learning-rate multiplier of the mapping network
         branch_lr_multiplier: float = 0.01,  # learning-rate multiplier of the condition branches
         use_noise: bool = True,  # noise inputs in the conv layers
+        num_fp16_res: int = 0,  # reduced precision on a GPU in this many top resolutions (paper: 4)
+        conv_clamp: float | None = None,  # clamp conv and ToRGB outputs to +-this (paper: 256; None: off)
+        precision: str = "fp16",  # dtype of those resolutions: fp16 (paper), bf16, or fp32 (none reduced)
     ):
         super().__init__()
         self.z_dim = z_dim
@@ -318,7 +377,16 @@ class Generator(nn.Module):
             "lr_multiplier": branch_lr_multiplier,
         }
         self.synthesis = SynthesisNetwork(
-            w_dim, img_resolution, img_channels, channel_base, channel_max, cond_kwargs, use_noise
+            w_dim,
+            img_resolution,
+            img_channels,
+            channel_base,
+            channel_max,
+            cond_kwargs,
+            use_noise,
+            num_fp16_res,
+            conv_clamp,
+            precision,
         )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
@@ -359,7 +427,9 @@ class MinibatchStdLayer(nn.Module):
 
 
 class DiscriminatorBlock(nn.Module):
-    """One resolution of the resnet discriminator: (fromRGB), conv, down-conv, 1x1 down skip."""
+    """One resolution of the resnet discriminator: (fromRGB), conv, down-conv, 1x1 down skip.
+
+    On a GPU it computes in ``dtype`` (reduced precision at the top resolutions)."""
 
     def __init__(
         self,
@@ -368,18 +438,22 @@ class DiscriminatorBlock(nn.Module):
         out_channels: int,  # output feature maps (at half resolution)
         resolution: int,  # input resolution of this block
         img_channels: int,  # colour channels
+        conv_clamp: float | None = None,  # clamp fromRGB and conv outputs to +-this (not the skip's)
+        dtype: torch.dtype = torch.float32,  # dtype of the feature maps on a GPU
     ):
         super().__init__()
         self.in_channels = in_channels
         self.resolution = resolution
+        self.dtype = dtype
         if in_channels == 0:
-            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu")
-        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu")
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2)
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, [None, None, self.resolution, self.resolution], f"b{self.resolution} x")
+        x = x.to(compute_dtype(self.dtype, self.conv0.weight.dtype, x.device))
         if self.in_channels == 0:
             x = self.fromrgb(x)
         y = self.skip(x, gain=math.sqrt(0.5))
@@ -398,18 +472,21 @@ class DiscriminatorEpilogue(nn.Module):
         n_conditions: int,  # K projection heads
         mbstd_group_size: int = 4,  # minibatch-std group (consecutive samples)
         mbstd_num_channels: int = 1,  # minibatch-std channels
+        conv_clamp: float | None = None,  # clamp the conv output to +-this (None: no clamp)
     ):
         super().__init__()
         self.in_channels = in_channels
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu")
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu", conv_clamp=conv_clamp
+        )
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1)
         self.heads = nn.ModuleList(FullyConnectedLayer(in_channels, c_dim) for _ in range(n_conditions))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_shape(x, [None, self.in_channels, 4, 4], "b4 x")
-        x = self.conv(self.mbstd(x))
+        x = self.conv(self.mbstd(x.to(self.conv.weight.dtype)))  # always full precision
         x = self.fc(x.flatten(1))
         fts = torch.stack([head(x) for head in self.heads], dim=1)
         return self.out(x).squeeze(1), fts
@@ -419,8 +496,10 @@ class Discriminator(nn.Module):
     """image (B, C, R, R) + conditions (B, K, c_dim) -> per-sample conditional logit (B,) and
     projection features (B, K, c_dim).
 
-    Conditional logit = logit + sum_k 0.5 * <fts_k, c_k>, per sample (the original summed the
-    projection over the batch, adding the same scalar to every sample).
+    Conditional logit = logit + <fts, c> with one condition, logit + 0.5 * sum_k <fts_k, c_k> with
+    two (Lafite's weights: 1 / K), per sample (the original summed the projection over the batch,
+    adding the same scalar to every sample). A one-condition D copied into both heads of a
+    two-condition one thus gives the same logit for the same condition in both.
     """
 
     def __init__(
@@ -432,24 +511,28 @@ class Discriminator(nn.Module):
         channel_base: int,  # feature maps = channel_base / resolution ...
         channel_max: int,  # ... capped at channel_max
         mbstd_group_size: int = 4,  # minibatch-std group size
-        projection_weight: float = 0.5,  # weight of each head's <fts_k, c_k> in the logit
+        num_fp16_res: int = 0,  # reduced precision on a GPU in this many top resolutions (paper: 4)
+        conv_clamp: float | None = None,  # clamp fromRGB and conv outputs to +-this (paper: 256; None: off)
+        precision: str = "fp16",  # dtype of those resolutions: fp16 (paper), bf16, or fp32 (none reduced)
     ):
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.c_dim = c_dim
         self.n_conditions = n_conditions
-        self.projection_weight = projection_weight
+        self.projection_weight = 1.0 / n_conditions
         if img_resolution < 8:
             raise ValueError(f"the discriminator needs a resolution of at least 8, got {img_resolution}")
         channels = channels_per_resolution(img_resolution, channel_base, channel_max)
         self.block_resolutions = sorted((r for r in channels if r > 4), reverse=True)
+        dtypes = block_dtypes(self.block_resolutions, img_resolution, num_fp16_res, precision)
         for res in self.block_resolutions:
             in_channels = channels[res] if res < img_resolution else 0
-            setattr(
-                self, f"b{res}", DiscriminatorBlock(in_channels, channels[res], channels[res // 2], res, img_channels)
+            block = DiscriminatorBlock(
+                in_channels, channels[res], channels[res // 2], res, img_channels, conv_clamp, dtypes[res]
             )
-        self.b4 = DiscriminatorEpilogue(channels[4], c_dim, n_conditions, mbstd_group_size)
+            setattr(self, f"b{res}", block)
+        self.b4 = DiscriminatorEpilogue(channels[4], c_dim, n_conditions, mbstd_group_size, conv_clamp=conv_clamp)
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution], "Discriminator img")

@@ -6,7 +6,8 @@ A job is a dict with keys: stage, nsd_root, output_dir, checkpoint_dir, generato
 section), clip (the CLIP config section, for itc), seed, device, and per stage: prepared (list of
 prepared subject files), images_h5 (pretrain); pred_train (one file per condition), pretrained
 (folder or None), variant, strategy (finetune); prepared, targets (images.h5 / captions.h5 per
-condition), mapper_folders, pretrained, variant (e2e).
+condition), mapper_folders, pretrained, variant (e2e); with a pretrained folder, init (what it is:
+generator.init, 'pretrain' or the Lafite pickle / folder with its sha256, recorded in network.json).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def train_config(cfg: dict, kimg: float, seed: int, initialised: bool) -> TrainC
         checkpoint_kimg=cfg["checkpoint_kimg"],
         sample_kimg=cfg["sample_kimg"],
         log_steps=cfg["log_steps"],
-        precision=cfg["precision"],
+        max_nonfinite_steps=cfg["max_nonfinite_steps"],
         seed=seed,
     )
 
@@ -135,6 +136,41 @@ def build(cfg: dict, c_dim: int, n_conditions: int, fusion: str, seed: int):
     return Generator(**g_kwargs), Discriminator(**d_kwargs), g_kwargs, d_kwargs
 
 
+# Constructor arguments that fix the shapes and scales of the stored weights: a pre-trained folder
+# (ours, an imported Lafite model, or generator.init's) must agree with the config on them; the
+# conditions, fusion and precision settings may differ. Value: the config key, where it differs.
+WEIGHT_ARGUMENTS = {
+    "generator": {
+        "z_dim": "z_dim",
+        "w_dim": "w_dim",
+        "img_resolution": "resolution",
+        "branch_width": "branch_width",
+        "channel_base": "channel_base",
+        "channel_max": "channel_max",
+        "mapping_layers": "mapping_layers",
+        "branch_lr_multiplier": "branch_lr_multiplier",
+        "use_noise": "noise_inputs",
+    },
+    "discriminator": {
+        "img_resolution": "resolution",
+        "channel_base": "channel_base",
+        "channel_max": "channel_max",
+    },
+}
+
+
+def check_architecture(folder, meta: dict, g_kwargs: dict, d_kwargs: dict) -> None:
+    """Raise, naming the config key, where the config's networks differ from the pre-trained ones."""
+    for net, built in (("generator", g_kwargs), ("discriminator", d_kwargs)):
+        for arg, key in WEIGHT_ARGUMENTS[net].items():
+            if arg in built and arg in meta[net] and meta[net][arg] != built[arg]:
+                raise ValueError(
+                    f"{folder}: the pre-trained {net} has {arg} {meta[net][arg]}, the config's generator.{key} "
+                    f"gives {built[arg]}; set the config's generator architecture to the pre-trained network's "
+                    f"({Path(folder) / 'network.json'})"
+                )
+
+
 def from_pretrained(folder, cfg: dict, c_dim: int, n_conditions: int, fusion: str, seed: int):
     """G, G_ema, D for K conditions initialised from a single-condition pre-trained folder."""
     G0, G0_ema, D0, meta = load_networks(folder)
@@ -143,6 +179,7 @@ def from_pretrained(folder, cfg: dict, c_dim: int, n_conditions: int, fusion: st
             f"{folder}: pre-trained on {meta['generator']['c_dim']}-d conditions, the mappers predict {c_dim}-d"
         )
     G, D, g_kwargs, d_kwargs = build(cfg, c_dim, n_conditions, fusion, seed)
+    check_architecture(folder, meta, g_kwargs, d_kwargs)
     G_ema = Generator(**g_kwargs)
     for src, dst in ((G0, G), (G0_ema, G_ema), (D0, D)):
         dst.load_state_dict(expand_conditions(src.state_dict(), dst.state_dict(), n_conditions))
@@ -205,6 +242,7 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
         "conditions": conditions,
         "variant": job.get("variant"),
         "strategy": job.get("strategy"),
+        "init": job.get("init"),
         "train_z": cfg["train_z"],
         "kimg": result.steps * cfg["batch"] / 1000,
         "steps": result.steps,

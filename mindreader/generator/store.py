@@ -18,6 +18,11 @@ NETWORK_FILES = ("G.safetensors", "G_ema.safetensors", "D.safetensors")
 
 def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tuple[dict, dict]:
     """Constructor arguments of G and D from the config's architecture keys."""
+    precision = {
+        "num_fp16_res": arch["num_fp16_res"],
+        "conv_clamp": arch["conv_clamp"],
+        "precision": arch["precision"],
+    }
     g_kwargs = {
         "z_dim": arch["z_dim"],
         "w_dim": arch["w_dim"],
@@ -32,6 +37,7 @@ def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tupl
         "channel_base": arch["channel_base"],
         "channel_max": arch["channel_max"],
         "mapping_layers": arch["mapping_layers"],
+        **precision,
     }
     d_kwargs = {
         "img_resolution": arch["resolution"],
@@ -41,6 +47,7 @@ def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tupl
         "channel_base": arch["channel_base"],
         "channel_max": arch["channel_max"],
         "mbstd_group_size": arch["mbstd_group_size"],
+        **precision,
     }
     return g_kwargs, d_kwargs
 

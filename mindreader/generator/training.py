@@ -41,7 +41,9 @@ from mindreader.generator.samples import save_grid
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+
+class TrainingDiverged(RuntimeError):
+    """Raised when a phase's gradients stay non-finite for ``max_nonfinite_steps`` in a row."""
 
 
 @dataclass
@@ -61,12 +63,10 @@ class TrainConfig:
     checkpoint_kimg: float = 10.0  # checkpoint every this many kimg (0: only on SIGTERM)
     sample_kimg: float = 0.0  # sample grid every this many kimg (0: only at the end)
     log_steps: int = 10  # one row of losses.csv per this many steps
-    precision: str = "bf16"  # bf16 autocast on CUDA devices (fp32 on the CPU regardless), or fp32
+    max_nonfinite_steps: int = 10  # fail after a phase's gradients are non-finite this many times in a row
     seed: int = 0  # seed of every random draw of the loop
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision '{self.precision}'; choose one of {PRECISIONS}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.mapper_betas = (float(self.mapper_betas[0]), float(self.mapper_betas[1]))
 
@@ -178,34 +178,60 @@ class Trainer:
         self.step = 0
         self.rows: list[dict] = []
         self.seconds = 0.0
+        self.nonfinite_steps = 0  # phase steps skipped for non-finite gradients, in all
+        self.nonfinite_run = {phase.name: 0 for phase in self.phases}  # ... in a row, per phase
 
     # --- one step -------------------------------------------------------------------------
     def group_params(self, group: str) -> list[nn.Parameter]:
         return list({"G": self.G, "D": self.D, "M": self.mappers}[group].parameters())
 
-    def autocast(self):
-        if self.cfg.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def run_phase(self, phase: Phase, batch: dict, step: int) -> dict:
+        """One phase: its losses' gradients, averaged over processes, then one step of each of its
+        optimisers; none if any gradient is non-finite on any process (``skip_nonfinite``).
+
+        Precision is the networks' own (reduced in their top blocks on a GPU, fp32 elsewhere), with
+        no loss scaling, as StyleGAN2-ADA trains."""
         rnd = StepRandom(self.cfg.seed, step, phase.name, self.device)
-        with self.autocast():
-            losses, terms = phase.fn(batch, rnd)
+        losses, terms = phase.fn(batch, rnd)
         # Every group's gradients first: a step changes parameters that another group's graph uses.
         grads = {
             group: torch.autograd.grad(loss, self.group_params(group), retain_graph=True, allow_unused=True)
             for group, loss in losses.items()
         }
+        params = [p for group in grads for p in self.group_params(group)]
         for group, group_grads in grads.items():
-            params = self.group_params(group)
-            for p, g in zip(params, group_grads):
-                p.grad = torch.zeros_like(p) if g is None else torch.nan_to_num(g.to(p.dtype))
-            average_gradients(params)
-            phase.optimizers[group].step()
-            for p in params:
-                p.grad = None
+            group_params = self.group_params(group)
+            for p, g in zip(group_params, group_grads):
+                p.grad = torch.zeros_like(p) if g is None else g.to(p.dtype)
+            average_gradients(group_params)
+        finite = bool(torch.stack([p.grad.isfinite().all() for p in params]).all())
+        if any_rank(not finite, self.device):
+            self.skip_nonfinite(phase.name, step)
+        else:
+            self.nonfinite_run[phase.name] = 0
+            for group in grads:
+                phase.optimizers[group].step()
+        for p in params:
+            p.grad = None
         return terms
+
+    def skip_nonfinite(self, phase: str, step: int) -> None:
+        """Count a phase step skipped for non-finite gradients; fail after too many in a row."""
+        self.nonfinite_steps += 1
+        self.nonfinite_run[phase] += 1
+        run = self.nonfinite_run[phase]
+        log.warning("step %d: non-finite gradients in phase %s (%d in a row): its update is skipped", step, phase, run)
+        if run >= self.cfg.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training diverged: the gradients of phase {phase} were non-finite {run} times in a row "
+                f"(the last at step {step}; max_nonfinite_steps {self.cfg.max_nonfinite_steps}). "
+                f"{self.checkpoint_dir} keeps the last checkpoint written before that run, if any "
+                "(a rerun with the same config resumes from it)"
+            )
+
+    def in_nonfinite_run(self) -> bool:
+        """True while some phase's last update was skipped: no checkpoint is written then."""
+        return any(self.nonfinite_run.values())
 
     def train_step(self, step: int) -> dict:
         indices = StepRandom(self.cfg.seed, step, "data", torch.device("cpu")).integers(
@@ -251,6 +277,8 @@ class Trainer:
                 "fingerprint": self.fingerprint,
                 "rows": self.rows,
                 "seconds": self.seconds,
+                "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_run": self.nonfinite_run,
                 "optimizers": meta,
                 "rng": rng_meta,
             }
@@ -277,6 +305,8 @@ class Trainer:
         self.step = int(state["step"])
         self.rows = list(state["rows"])
         self.seconds = float(state["seconds"])
+        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.nonfinite_run = {name: int(n) for name, n in state["nonfinite_run"].items()}
         log.info("resumed at step %d of %d (%.1f kimg)", self.step, self.total_steps, self.step * self.cfg.batch / 1000)
 
     # --- the loop -------------------------------------------------------------------------
@@ -321,6 +351,7 @@ class Trainer:
                 if self.step % self.cfg.log_steps == 0 or self.step == self.total_steps:
                     row = {"step": self.step, "kimg": kimg, "seconds": round(self.seconds, 3)}
                     row.update({k: sums[k] / counts[k] for k in sorted(sums)})
+                    row["Progress/nonfinite_steps"] = self.nonfinite_steps
                     self.rows.append(row)
                     sums, counts = {}, {}
                     log.info(
@@ -337,10 +368,18 @@ class Trainer:
                 if self.callback is not None:
                     self.callback(step)
                 if any_rank(stop.requested, self.device):
+                    if self.in_nonfinite_run():
+                        raise TrainingInterrupted(
+                            f"stopped by signal at step {self.step} amid non-finite gradients, without a "
+                            "checkpoint; rerun to resume from the last one"
+                        )
                     self.save()
                     raise TrainingInterrupted(f"stopped by signal at step {self.step}; rerun to resume")
                 if self.step < self.total_steps and self.crossed(self.cfg.checkpoint_kimg, step):
-                    self.save()
+                    if self.in_nonfinite_run():
+                        log.warning("no checkpoint after step %d: amid non-finite gradients", step)
+                    else:
+                        self.save()
         bar.close()
         self.grid("samples.png")
         return TrainResult(self.G, self.G_ema, self.D, self.mappers, self.rows, self.step, self.seconds)
