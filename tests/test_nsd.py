@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
-from test_nsd_tree import N_SHARED, SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
+from test_nsd_tree import SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
 
 from mindreader.nsd import write as nsd_write
 from mindreader.nsd import (
@@ -63,7 +63,7 @@ def test_subject_trials_follow_masterordering_and_subjectim(tree):
     np.testing.assert_array_equal(trials["trial"], np.arange(2 * TRIALS_PER_SESSION))
     np.testing.assert_array_equal(trials["session"], np.repeat([1, 2], TRIALS_PER_SESSION))
     np.testing.assert_array_equal(trials["position"], np.tile(np.arange(TRIALS_PER_SESSION), 2))
-    np.testing.assert_array_equal(trials["shared"], expected_ids < N_SHARED)
+    np.testing.assert_array_equal(trials["shared"], np.isin(expected_ids, tree.sharedix))
     np.testing.assert_array_equal(nsd.subject_images("subj02", 2), np.unique(expected_ids))
     nsd.check_stim_info("subj02", nsd.subject_trials("subj02", SESSIONS))
 

@@ -19,7 +19,10 @@ VOLUME = (5, 6, 4)
 TRIALS_PER_SESSION = 12
 SESSIONS = 3
 N_SUBJECTS = 2
-N_SHARED = 4  # slots 0..3 show the same images to every subject
+N_SHARED = 4  # these slots show the same images to every subject
+# Not NSD's first slots and not the lowest nsdIds: code that picks the test set by slot number or
+# by id order instead of by sharedix gets it wrong here.
+SHARED_SLOTS = np.array([2, 5, 7, 10])
 N_SLOTS = 12  # each slot is shown 3 times over the 3 sessions
 REPEATS = 3
 IMAGE_SIDE = 8
@@ -42,12 +45,14 @@ def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0, n_subj
     spread over sessions (some within one session), one constant voxel in each mask (zero std)."""
     rng = np.random.default_rng(seed)
     n_images = N_SHARED + n_subjects * (N_SLOTS - N_SHARED)
+    ids = np.random.default_rng(100 + seed).permutation(n_images)
+    sharedix = np.sort(ids[:N_SHARED])
+    own_slots = np.setdiff1d(np.arange(N_SLOTS), SHARED_SLOTS)
     subjectim = np.zeros((n_subjects, N_SLOTS), np.int64)
     for s in range(n_subjects):
-        subjectim[s, :N_SHARED] = np.arange(N_SHARED)
-        subjectim[s, N_SHARED:] = N_SHARED + s * (N_SLOTS - N_SHARED) + np.arange(N_SLOTS - N_SHARED)
+        subjectim[s, SHARED_SLOTS] = sharedix
+        subjectim[s, own_slots] = ids[N_SHARED + s * len(own_slots) : N_SHARED + (s + 1) * len(own_slots)]
     masterordering = rng.permutation(np.repeat(np.arange(N_SLOTS), REPEATS))
-    sharedix = np.arange(N_SHARED)
     nsd_write.write_expdesign(root, masterordering, subjectim, sharedix)
 
     masks, betas = {}, {}
@@ -66,7 +71,7 @@ def write_tiny_tree(root: Path, formats=("nifti", "hdf5"), seed: int = 0, n_subj
         "nsdId": np.arange(n_images),
         "cocoId": 1000 + np.arange(n_images),
         "cocoSplit": np.where(np.arange(n_images) % 2 == 0, "train2017", "val2017"),
-        "shared1000": np.arange(n_images) < N_SHARED,
+        "shared1000": np.isin(np.arange(n_images), sharedix),
     }
     for s in range(n_subjects):
         shown_ids = subjectim[s, masterordering]

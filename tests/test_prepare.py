@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
-from test_nsd_tree import N_SHARED, SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
+from test_nsd_tree import SESSIONS, TRIALS_PER_SESSION, write_tiny_tree
 
 from mindreader.nsd import write as nsd_write
 from mindreader.nsd import EXPDESIGN_RELPATH, NSD, NSDFormatError, betas_relpath
@@ -138,8 +138,9 @@ def test_contract_dtypes_attrs_and_the_zero_std_voxel(tree, tmp_path):
     constant = np.flatnonzero((got["voxel_xyz"] == [1, 2, 3]).all(axis=1))[0]
     assert (got["train"]["betas"][:, constant] == 0).all() and (got["test"]["betas"][:, constant] == 0).all()
     shown = tree.subjectim[0, tree.masterordering[: 2 * TRIALS_PER_SESSION]]
-    np.testing.assert_array_equal(got["test"]["nsd_id"], np.unique(shown[shown < N_SHARED]))
-    np.testing.assert_array_equal(got["train"]["trial"], np.flatnonzero(shown >= N_SHARED))
+    shared = np.isin(shown, tree.sharedix)
+    np.testing.assert_array_equal(got["test"]["nsd_id"], np.unique(shown[shared]))
+    np.testing.assert_array_equal(got["train"]["trial"], np.flatnonzero(~shared))
 
 
 # --- bad input: a clear error naming the file, and no output left ------------------------------
