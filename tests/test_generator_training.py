@@ -116,7 +116,7 @@ def test_sample_grid_shows_reals_above_draws_enlarged_to_a_readable_size(tmp_pat
     np.testing.assert_array_equal(grid[::scale, ::scale][:16], np.concatenate(list(reals), axis=1))
 
 
-def test_interrupt_and_resume_gives_the_same_weights(tmp_path):
+def test_interrupt_and_resume_gives_the_same_weights(tmp_path, caplog):
     uninterrupted = weights(make_trainer(tmp_path / "a").train())
 
     def stop_at_step_4(step):
@@ -125,9 +125,14 @@ def test_interrupt_and_resume_gives_the_same_weights(tmp_path):
 
     with pytest.raises(TrainingInterrupted):
         make_trainer(tmp_path / "b", callback=stop_at_step_4).train()
-    resumed_trainer = make_trainer(tmp_path / "b")
-    resumed = resumed_trainer.train()
-    assert resumed_trainer.rows[0]["step"] == 2  # rows before the stop came back from the checkpoint
+    steps_run = []
+    resumed_trainer = make_trainer(tmp_path / "b", callback=steps_run.append)
+    with caplog.at_level("INFO", logger="mindreader.generator.training"):
+        resumed = resumed_trainer.train()
+    # The SIGTERM after step index 4 saved 5 steps: the rerun says so and runs only the other 3.
+    assert "resumed from step 5 of 8" in caplog.text
+    assert steps_run == [5, 6, 7]
+    assert [row["step"] for row in resumed_trainer.rows] == [2, 4, 6, 8]  # earlier rows from the checkpoint
     assert_same(weights(resumed), uninterrupted, atol=0, rtol=0)
 
 

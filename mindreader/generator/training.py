@@ -307,7 +307,9 @@ class Trainer:
         self.seconds = float(state["seconds"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.nonfinite_run = {name: int(n) for name, n in state["nonfinite_run"].items()}
-        log.info("resumed at step %d of %d (%.1f kimg)", self.step, self.total_steps, self.step * self.cfg.batch / 1000)
+        log.info(
+            "resumed from step %d of %d (%.1f kimg)", self.step, self.total_steps, self.step * self.cfg.batch / 1000
+        )
 
     # --- the loop -------------------------------------------------------------------------
     def grid(self, name: str) -> None:
