@@ -10,7 +10,7 @@
     one X X^T product in the same precision; prints both ratios and the agreement of predictions.
 
 Usage: .venv/bin/python bench/mappers.py [--part a|b|both] [--device cpu|cuda] [--batch B]
-       [--steps S] [--ridge-samples N] [--threads T]
+       [--steps S] [--ridge-samples N] [--dtype float64|float32|both] [--threads T]
 """
 
 from __future__ import annotations
@@ -133,10 +133,11 @@ def bench_ridge(n: int, dtype: torch.dtype) -> None:
         fit = fit_ridge(x, y, val, ALPHAS, dtype=dtype)
     pred_ours = (x_test.to(dtype) @ fit.weight.T + fit.bias).double().numpy()
 
-    xn, yn = x.numpy(), y.numpy()
+    # Like with like: RidgeCV gets the same N training samples in the same precision as ours.
+    xn, yn = x.to(dtype).numpy(), y.to(dtype).numpy()
     with Timer() as sklearn:
         sk = RidgeCV(alphas=ALPHAS, fit_intercept=True).fit(xn, yn)
-    pred_sk = sk.predict(x_test.numpy()).astype(np.float64)
+    pred_sk = sk.predict(x_test.to(dtype).numpy()).astype(np.float64)
 
     # RidgeCV's model is the ridge refitted on all samples at its alpha: compare ours at that alpha.
     same = fit_ridge(x, y, None, [float(sk.alpha_)], dtype=dtype)
@@ -148,8 +149,9 @@ def bench_ridge(n: int, dtype: torch.dtype) -> None:
 
     print(f"(b) ridge, {len(ALPHAS)} alphas, {n} x {N_VOXELS} -> {EMBED_DIM} ({fit.form} form), {str(dtype)[6:]}, "
           f"{torch.get_num_threads()} threads")
-    print(f"    ours {ours} (alpha {fit.alpha:g} on a 15% image split)")
-    print(f"    RidgeCV {sklearn} (alpha {sk.alpha_:g}, leave-one-out, float64)")
+    print(f"    both fit the same {n} samples in {str(dtype)[6:]} (RidgeCV's coefficients: {sk.coef_.dtype})")
+    print(f"    ours {ours} (alpha {fit.alpha:g} chosen on a 15% image split, refitted on all {n})")
+    print(f"    RidgeCV {sklearn} (alpha {sk.alpha_:g} chosen by leave-one-out on all {n})")
     print(f"    floor, one X X^T: {floor}")
     for kind in ("wall", "cpu"):
         a, b, c = getattr(ours, kind), getattr(sklearn, kind), getattr(floor, kind)
@@ -167,7 +169,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="(a) batch; default 128 on a GPU, 8 on the CPU")
     parser.add_argument("--steps", type=int, default=3, help="(a) timed training steps")
     parser.add_argument("--ridge-samples", type=int, default=8000, help="(b) training samples N")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(b) precision of ours and the floor")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64", "both"], default="both", help="(b) precision of ours, RidgeCV and the floor"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -176,7 +180,8 @@ def main() -> None:
     if args.part in ("a", "both"):
         bench_cnn(device, args.batch or (128 if device.type == "cuda" else 8), args.steps)
     if args.part in ("b", "both"):
-        bench_ridge(args.ridge_samples, getattr(torch, args.dtype))
+        for dtype in ("float64", "float32") if args.dtype == "both" else (args.dtype,):
+            bench_ridge(args.ridge_samples, getattr(torch, dtype))
 
 
 if __name__ == "__main__":
