@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import warnings
 
 import h5py
@@ -9,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from conftest import REPO
 
 from mindreader import weights
 from mindreader.clip import caption_scores, clip_targets, load_clip, preprocess_images, select_captions
 from mindreader.clip import demo
-from mindreader.clip.embed import embed_image_batches, write_image_embeddings
+from mindreader.clip.embed import TargetAugmentation, cutout, embed_image_batches, write_image_embeddings
 from mindreader.clip.models import create_frozen_clip
 from mindreader.clip.screening import screen_captions, write_caption_embeddings
 
@@ -181,7 +184,9 @@ def test_image_embeddings_with_augmented_views(saved_clip, tmp_path):
     ids = np.array([0, 5, 9, 12])
     images = np.random.default_rng(2).integers(0, 256, (4, 24, 24, 3), dtype=np.uint8)
     torch.manual_seed(0)
-    emb = embed_image_batches(clip, [(ids[:3], images[:3]), (ids[3:], images[3:])], 4, n_aug=2)
+    augmentation = augmenter(size=24, blur_kernel=5)
+    batches = [(ids[:3], images[:3]), (ids[3:], images[3:])]
+    emb = embed_image_batches(clip, batches, 4, n_aug=2, augmentation=augmentation)
     assert emb["raw"].shape == (4, 16) and emb["aug_raw"].shape == (4, 2, 16)
     assert not np.allclose(emb["aug_raw"][:, 0], emb["raw"])
     with torch.no_grad():
@@ -194,6 +199,187 @@ def test_image_embeddings_with_augmented_views(saved_clip, tmp_path):
     with pytest.raises(ValueError, match="ascending"):
         write_image_embeddings(tmp_path / "bad.h5", {**emb, "nsd_id": ids[::-1].copy()}, clip, 1.5, True)
     assert not (tmp_path / "bad.h5").exists()
+
+
+# --- target augmentation ------------------------------------------------------------------------
+
+# The original's get_img_trans as fmri_clip.py calls it, written out from its code.
+ORIGINAL_AUGMENT = {
+    "size": 256, "p": 1.0, "crop_scale": [0.8, 1.0], "flip_p": 0.5, "color_jitter_p": 0.4,
+    "color_jitter": [0.4, 0.4, 0.2, 0.1], "grayscale_p": 0.2, "blur_p": 0.5, "blur_kernel": 23,
+    "blur_sigma": [0.1, 2.0], "cutout": 0.3,
+}
+# Every random step switched off: a view is the resized image itself.
+NOTHING = {
+    "crop_scale": [1.0, 1.0], "flip_p": 0.0, "color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "cutout": 0.0,
+}
+
+
+def augmenter(**overrides) -> TargetAugmentation:
+    return TargetAugmentation(**{**ORIGINAL_AUGMENT, **overrides})
+
+
+def views(augmentation, image, n, seed=0):
+    torch.manual_seed(seed)
+    return torch.stack([augmentation(image) for _ in range(n)])
+
+
+def test_paper_and_schema_augmentation_is_the_originals():
+    paper = yaml.safe_load((REPO / "config" / "nsd.yaml").read_text())["clip"]["augment"]
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    defaults = {k: v["default"] for k, v in schema["properties"]["clip"]["properties"]["augment"]["properties"].items()}
+    assert paper == defaults == ORIGINAL_AUGMENT
+
+
+def test_augmentation_switched_off_returns_the_resized_image():
+    image = torch.rand(3, 16, 16)
+    assert torch.equal(views(augmenter(size=16, **NOTHING), image, 5), image.expand(5, 3, 16, 16))
+    assert torch.equal(views(augmenter(size=16, blur_kernel=5, p=0.0), image, 5), image.expand(5, 3, 16, 16))
+    batch = augmenter(size=16).resize(torch.rand(2, 3, 40, 30))
+    assert batch.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="resized to 16 x 16"):
+        augmenter(size=16)(torch.rand(3, 20, 16))
+
+
+def test_flip_mirrors_the_crop():
+    """Same seed, flip forced on or off: the views are mirror images (the flip follows the crop)."""
+    image = torch.rand(3, 32, 32)
+    keep = {**NOTHING, "crop_scale": [0.8, 1.0]}
+    flipped = views(augmenter(size=32, **{**keep, "flip_p": 1.0}), image, 10)
+    plain = views(augmenter(size=32, **keep), image, 10)
+    assert torch.equal(flipped, plain.flip(-1))
+    assert not torch.equal(plain[0], image)  # the crop did something
+
+
+def test_grayscale_is_the_luma_of_the_image():
+    image = torch.rand(3, 16, 16)
+    luma = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    gray = views(augmenter(size=16, **{**NOTHING, "grayscale_p": 1.0}), image, 1)[0]
+    for channel in gray:
+        torch.testing.assert_close(channel, luma, atol=2e-3, rtol=0)
+
+
+def test_random_resized_crop_box_stays_in_the_originals_range():
+    """On an image whose channels are its row and column coordinates, the view's corners give the
+    crop box back: area 0.8-1.0 of the image, aspect 3/4-4/3."""
+    side = 64
+    ramp = torch.linspace(0, 1, side)
+    image = torch.stack([ramp[:, None].expand(side, side), ramp[None, :].expand(side, side), torch.zeros(side, side)])
+    out = views(augmenter(size=side, **{**NOTHING, "crop_scale": [0.8, 1.0]}), image, 300)
+    # Bilinear (align_corners False) samples the crop's pixel centres: output rows 0 and side - 1
+    # read input rows h (side - 1) / side apart, and the ramp rises 1 / (side - 1) per row.
+    height = (out[:, 0, -1, 0] - out[:, 0, 0, 0]) * side
+    width = (out[:, 1, 0, -1] - out[:, 1, 0, 0]) * side
+    area, aspect = height * width / side**2, width / height
+    assert area.min() > 0.8 - 0.05 and area.max() < 1.0 + 0.01
+    assert aspect.min() > 3 / 4 - 0.05 and aspect.max() < 4 / 3 + 0.05
+    assert area.min() < 0.84 and area.max() > 0.96  # the range is used, not one size
+
+
+def test_cutout_zeroes_the_originals_square():
+    """Rows round((r -/+ 0.15) H), clipped to [0, H - 1) (the original never zeroes the last row or
+    column); columns alike. Two boxes written out by hand."""
+    ones = torch.ones(3, 20, 20)
+    inside = torch.ones(3, 20, 20)
+    inside[:, 5:11, 11:17] = 0  # centre (0.4, 0.7): rows 0.25 * 20 .. 0.55 * 20, columns 0.55 * 20 .. 0.85 * 20
+    assert torch.equal(cutout(ones, (0.4, 0.7), 0.3), inside)
+    corner = torch.ones(3, 20, 20)
+    corner[:, 16:19, 0:3] = 0  # centre (0.95, 0.02): rows 16 .. 22 clipped to 19, columns -3 .. 3 clipped to 0
+    assert torch.equal(cutout(ones, (0.95, 0.02), 0.3), corner)
+
+
+def test_cutout_comes_last_and_is_0_3_of_the_side():
+    """Random views of a white image with blur and grayscale on: the zeros form one exact square
+    (nothing after the cutout smooths it) of side 0.3 (+- 1 px) where it is not clipped, with its
+    centre spread over the image."""
+    side = 40
+    augmentation = augmenter(size=side, **{**NOTHING, "blur_p": 1.0, "grayscale_p": 1.0, "cutout": 0.3})
+    out = views(augmentation, torch.ones(3, side, side), 400)
+    centres, inside = [], 0
+    for view in out:
+        zero = (view == 0).all(dim=0)
+        rows, cols = torch.nonzero(zero.any(dim=1)).flatten(), torch.nonzero(zero.any(dim=0)).flatten()
+        assert len(rows) and len(cols)
+        assert zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        assert zero.sum() == len(rows) * len(cols) and not zero[-1].any() and not zero[:, -1].any()
+        assert len(rows) <= 0.3 * side + 1 and len(cols) <= 0.3 * side + 1
+        if 0 < rows.min() and rows.max() < side - 2 and 0 < cols.min() and cols.max() < side - 2:
+            inside += 1
+            assert abs(len(rows) - 0.3 * side) <= 1 and abs(len(cols) - 0.3 * side) <= 1
+        centres.append(((rows.min() + rows.max()) / 2 / side).item())
+    assert 0.3 < inside / len(out) < 0.7  # about (1 - 0.3)^2 of the centres keep the square whole
+    assert min(centres) < 0.1 and max(centres) > 0.85
+
+
+def reference_blur(image: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with mirrored (reflect) borders, by NumPy."""
+    offsets = np.arange(kernel) - kernel // 2
+    weights = np.exp(-(offsets**2) / (2 * sigma**2))
+    weights /= weights.sum()
+    padded = np.pad(image, ((0, 0), (kernel // 2, kernel // 2), (kernel // 2, kernel // 2)), mode="reflect")
+    height, width = image.shape[1:]
+    rows = np.stack([sum(w * padded[:, i + k, :] for k, w in enumerate(weights)) for i in range(height)], axis=1)
+    return np.stack([sum(w * rows[:, :, j + k] for k, w in enumerate(weights)) for j in range(width)], axis=2)
+
+
+def test_blur_is_a_23_tap_gaussian_with_sigma_in_the_originals_range():
+    image = torch.rand(3, 32, 32)
+    # A wide sigma, so that the kernel's outer taps (11 px out) weigh and its size shows.
+    fixed = views(augmenter(size=32, **{**NOTHING, "blur_p": 1.0, "blur_sigma": [6.0, 6.0]}), image, 1)[0]
+    np.testing.assert_allclose(fixed.numpy(), reference_blur(image.numpy().astype(np.float64), 23, 6.0), atol=1e-5)
+    delta = torch.zeros(3, 48, 48)
+    delta[:, 24, 24] = 1.0
+    out = views(augmenter(size=48, **{**NOTHING, "blur_p": 1.0}), delta, 200)
+    profile = out[:, 0].sum(dim=1)  # (views, 48): the kernel along the columns
+    offsets = torch.arange(48) - 24.0
+    sigma = ((profile * offsets**2).sum(dim=1) / profile.sum(dim=1)).sqrt()
+    assert sigma.min() >= 0 and sigma.max() < 2.0 + 0.02
+    assert sigma.min() < 0.4 and sigma.max() > 1.8
+
+
+@pytest.mark.parametrize("factor", ["brightness", "contrast", "saturation", "hue"])
+def test_colour_jitter_strengths_are_the_originals(factor):
+    """Each factor alone (its strength from ORIGINAL_AUGMENT, the others 0) on an image where it
+    is measurable, against its definition: brightness scales, contrast scales the difference from
+    the mean gray, saturation the difference from the pixel's gray, hue turns the colour wheel."""
+    index = ["brightness", "contrast", "saturation", "hue"].index(factor)
+    strength = ORIGINAL_AUGMENT["color_jitter"][index]
+    alone = [strength if i == index else 0.0 for i in range(4)]
+    image = torch.empty(3, 8, 8)
+    if factor == "brightness":
+        image[:] = 0.5
+    elif factor == "contrast":
+        image[:, :4], image[:, 4:] = 0.4, 0.6  # gray, mean 0.5
+    else:
+        image[0], image[1], image[2] = 0.6, 0.4, 0.3
+    out = views(augmenter(size=8, **{**NOTHING, "color_jitter_p": 1.0, "color_jitter": alone}), image, 300).double()
+    if factor == "brightness":
+        measured = out[:, 0, 0, 0] / 0.5
+    elif factor == "contrast":
+        measured = (out[:, 0, 4, 0] - out[:, 0, 0, 0]) / 0.2
+    elif factor == "saturation":
+        measured = (out[:, 0, 0, 0] - out[:, 1, 0, 0]) / (0.6 - 0.4)
+    else:
+        hue = colorsys.rgb_to_hsv(0.6, 0.4, 0.3)[0]
+        turned = torch.tensor([colorsys.rgb_to_hsv(*view[:, 0, 0].tolist())[0] for view in out])
+        measured = (turned - hue + 0.5) % 1.0 - 0.5  # hue shift in turns, in [-0.5, 0.5)
+    centre = 0.0 if factor == "hue" else 1.0
+    assert measured.min() >= centre - strength - 1e-3 and measured.max() <= centre + strength + 1e-3
+    assert measured.min() < centre - 0.8 * strength and measured.max() > centre + 0.8 * strength
+
+
+@pytest.mark.parametrize("step", ["p", "flip_p", "color_jitter_p", "grayscale_p", "blur_p"])
+def test_each_step_happens_with_the_originals_probability(step):
+    """Over 1,000 views, the share where a step (alone) changed the image is within 0.05 of its
+    probability (p: get_img_trans's 0.9, seen through the cutout that every augmented view gets)."""
+    image = torch.rand(3, 24, 24)
+    if step == "p":
+        setting, expected = {**NOTHING, "p": 0.9, "cutout": 0.3}, 0.9
+    else:
+        setting, expected = {**NOTHING, step: ORIGINAL_AUGMENT[step], "blur_sigma": [1.0, 1.0]}, ORIGINAL_AUGMENT[step]
+    out = views(augmenter(size=24, **setting), image, 1000, seed=1)
+    changed = (out - image).abs().flatten(1).amax(dim=1) > 1e-4
+    assert abs(changed.double().mean().item() - expected) < 0.05
 
 
 def _colour_world(n: int, seed: int):

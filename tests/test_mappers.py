@@ -30,9 +30,12 @@ from mindreader.mappers import (
     mapper_loss,
     save_mapper,
 )
+from mindreader.checkpoint import load_checkpoint
+from mindreader.mappers.cnn import voxel_order_index
 from mindreader.mappers.data import read_clip_targets, validation_mask
 from mindreader.mappers.models import architecture
 from mindreader.mappers.pipeline import run_mapper
+from mindreader.mappers.train import train_network
 from mindreader.names import MAPPER_OUTPUT_FILES
 
 torch.set_num_threads(1)
@@ -40,7 +43,13 @@ CFG = tiny_config()["mappers"]
 
 
 def paper_cfg() -> dict:
-    return {**CFG, "cnn": {"hidden": 64, "blocks": 4, "head_hidden": 128, "pad_multiple": 32}}
+    return {**CFG, "cnn": {"hidden": 64, "blocks": 4, "head_hidden": 128, "pad_multiple": 32, "voxel_order": "zyx"}}
+
+
+def mask_coordinates(n_voxels, shape=(9, 8, 7), seed=0):
+    """(n_voxels, 3) coordinates of a random brain mask, in the prepared file's order (C order over X, Y, Z)."""
+    flat = np.sort(np.random.default_rng(seed).choice(np.prod(shape), n_voxels, replace=False))
+    return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int32)
 
 
 def write_tiny_subject(folder, n_voxels=120, embed_dim=16, n_images=90, n_test=20, repeats=3, noise=1.0, seed=0,
@@ -62,6 +71,7 @@ def write_tiny_subject(folder, n_voxels=120, embed_dim=16, n_images=90, n_test=2
     with h5py.File(prepared, "w") as f:
         f["train/betas"], f["train/nsd_id"] = betas(train_ids, noise), train_ids
         f["test/betas"], f["test/nsd_id"] = betas(test_ids, noise / math.sqrt(repeats)), test_ids
+        f["voxel_xyz"] = mask_coordinates(n_voxels, seed=seed)
         f.attrs["split"] = "shared1000"
     with h5py.File(clip, "w") as f:
         f["nsd_id"], f["target"] = ids, emb
@@ -75,7 +85,7 @@ def write_tiny_subject(folder, n_voxels=120, embed_dim=16, n_images=90, n_test=2
 
 
 def test_fmri_clip_res_has_the_papers_parameter_count_and_shapes():
-    model = build_mapper("cnn", 15724, 512, paper_cfg())
+    model = build_mapper("cnn", 15724, 512, paper_cfg(), mask_coordinates(15724, shape=(40, 30, 20)))
     assert sum(p.numel() for p in model.parameters()) == 1_156_929
     assert (model.pad_left, model.pad_right) == (10, 10)  # 15,724 -> 15,744, centred
     small = FmriClipRes(50, 8, hidden=4, blocks=1, head_hidden=3, pad_multiple=16)
@@ -88,9 +98,49 @@ def test_padding_is_zero_and_centred():
     """A voxel's place in the padded signal: betas shifted by the padding give the same output."""
     model = FmriClipRes(20, 4, hidden=3, blocks=1, head_hidden=2, pad_multiple=32)  # 20 -> 32: 6 + 6
     wider = FmriClipRes(32, 4, hidden=3, blocks=1, head_hidden=2, pad_multiple=32)
-    wider.load_state_dict(model.state_dict())
+    wider.load_state_dict({**model.state_dict(), "voxel_index": wider.voxel_index})
     x = torch.randn(2, 20)
     assert torch.allclose(model(x), wider(torch.nn.functional.pad(x, (6, 6))))
+
+
+def test_zyx_voxel_order_is_the_transposed_mask_order_of_the_original():
+    """The original indexes NSD's (Z, Y, X) betas with the transposed mask: x varies fastest."""
+    shape = (6, 5, 4)
+    mask = np.random.default_rng(5).random(shape) < 0.4
+    voxel_xyz = np.argwhere(mask)  # the prepared file's order: C order over (X, Y, Z)
+    original = np.argwhere(mask.T)[:, ::-1]  # (x, y, z) of each voxel in the original's vector
+    np.testing.assert_array_equal(voxel_xyz[voxel_order_index(voxel_xyz, "zyx")], original)
+    np.testing.assert_array_equal(voxel_order_index(voxel_xyz, "xyz"), np.arange(len(voxel_xyz)))
+    shuffled = np.random.default_rng(6).permutation(len(voxel_xyz))
+    np.testing.assert_array_equal(voxel_xyz[shuffled][voxel_order_index(voxel_xyz[shuffled], "zyx")], original)
+    # Written out: (x, y, z) in the prepared order (0,0,0) (0,0,1) (0,1,0) (1,0,0); x fastest reads
+    # (0,0,0) (1,0,0) (0,1,0) (0,0,1).
+    small = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]])
+    assert voxel_order_index(small, "zyx").tolist() == [0, 3, 2, 1]
+    with pytest.raises(ValueError, match="voxel order must be one of xyz, zyx"):
+        voxel_order_index(small, "yxz")
+
+
+def test_cnn_convolves_over_the_configured_voxel_order():
+    """A zyx cnn on the prepared betas gives what the same network gives on the vector the original
+    reads: NSD's (trial, Z, Y, X) volume indexed with the transposed mask."""
+    shape = (5, 4, 6)
+    voxel_xyz = mask_coordinates(50, shape=shape)
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(voxel_xyz.T)] = True
+    betas = np.random.default_rng(7).standard_normal((3, 50)).astype(np.float32)
+    volume = np.zeros((3, *shape), dtype=np.float32)  # (trial, X, Y, Z)
+    volume[:, voxel_xyz[:, 0], voxel_xyz[:, 1], voxel_xyz[:, 2]] = betas
+    original_vector = volume.transpose(0, 3, 2, 1)[:, mask.T]
+
+    cfg = {**CFG, "cnn": {"hidden": 8, "blocks": 1, "head_hidden": 8, "pad_multiple": 16, "voxel_order": "zyx"}}
+    torch.manual_seed(0)  # a network this small can start with its whole head dead, blind to the order
+    model = build_mapper("cnn", 50, 8, cfg, voxel_xyz).eval()
+    plain = FmriClipRes(50, 8, hidden=8, blocks=1, head_hidden=8, pad_multiple=16).eval()  # reads columns as given
+    plain.load_state_dict({**model.state_dict(), "voxel_index": plain.voxel_index})
+    with torch.no_grad():
+        assert torch.allclose(model(torch.from_numpy(betas)), plain(torch.from_numpy(original_vector)), atol=1e-6)
+        assert not torch.allclose(model(torch.from_numpy(betas)), plain(torch.from_numpy(betas)), atol=1e-3)
 
 
 def test_mlp_and_linear_shapes_and_unknown_kind():
@@ -103,13 +153,20 @@ def test_mlp_and_linear_shapes_and_unknown_kind():
 
 
 def test_save_and_load_give_the_same_predictions(tmp_path):
+    """The cnn's voxel order travels with its weights: a loaded model reads the betas as the trained one."""
+    cfg = {**CFG, "cnn": {**CFG["cnn"], "voxel_order": "zyx"}}
     for kind in ("cnn", "mlp", "ridge"):
-        model = build_mapper(kind, 40, 6, CFG)
-        save_mapper(tmp_path / kind, kind, model, architecture(kind, CFG), loss="mse")
+        model = build_mapper(kind, 40, 6, cfg, mask_coordinates(40))
+        save_mapper(tmp_path / kind, kind, model, architecture(kind, cfg), loss="mse")
         loaded = load_mapper(tmp_path / kind)
         x = torch.randn(5, 40)
         assert not loaded.training
         assert torch.equal(model.eval()(x), loaded(x))
+    # A real permutation (not the identity), so the equality above fails if the order is not saved.
+    assert not torch.equal(load_mapper(tmp_path / "cnn").voxel_index, torch.arange(40))
+    assert json.loads((tmp_path / "cnn" / "model.json").read_text())["hyper"]["voxel_order"] == "zyx"
+    with pytest.raises(ValueError, match="needs the voxel coordinates"):
+        build_mapper("cnn", 40, 6, cfg)
     with pytest.raises(FileNotFoundError, match="expected a trained mapper"):
         load_mapper(tmp_path / "absent")
 
@@ -261,7 +318,7 @@ def test_missing_clip_targets_are_named(tmp_path):
 def test_run_mapper_writes_the_folder_and_retrieves_far_above_chance(tmp_path, kind, loss):
     prepared, clip = write_tiny_subject(tmp_path, n_aug=2)
     cfg = {**CFG, "train": {**CFG["train"], "epochs": 12, "lr": 3e-3}, "retrieval": {"pool": 10, "draws": 5},
-           "cnn": {"hidden": 8, "blocks": 1, "head_hidden": 32, "pad_multiple": 16}}
+           "cnn": {"hidden": 8, "blocks": 1, "head_hidden": 32, "pad_multiple": 16, "voxel_order": "zyx"}}
     out = tmp_path / "out"
     metrics = run_mapper(prepared, clip, out, kind, loss, "img", cfg, 42, torch.device("cpu"),
                          tmp_path / "ckpt", subject="subj01", progress=False)
@@ -288,6 +345,79 @@ def test_ridge_refuses_another_loss(tmp_path):
     prepared, clip = write_tiny_subject(tmp_path)
     with pytest.raises(ValueError, match="its loss must be 'mse'"):
         run_mapper(prepared, clip, tmp_path / "out", "ridge", "cos", "img", CFG, 0, torch.device("cpu"), None)
+
+
+# --- training schedule --------------------------------------------------------------------------
+
+
+TINY_MLP = {"hidden": 16, "blocks": 1, "dropout_in": 0.2, "dropout": 0.1}
+
+
+def tiny_training(tmp_path, checkpoint_every=1000, epochs=3, reset=True, aug=None, augmented_validation=True):
+    """An mlp (with dropout) trained on 40 samples in 5 batches of 8 per epoch, lr stepping every
+    epoch; returns (TrainResult, checkpoint dir)."""
+    rng = np.random.default_rng(11)
+    betas = rng.standard_normal((48, 20)).astype(np.float32)
+    targets = rng.standard_normal((16, 6)).astype(np.float32)
+    rows, val = np.arange(48) % 16, np.arange(48) % 16 >= 13  # 3 of the 16 images validate
+    cfg = {**CFG, "mlp": TINY_MLP,
+           "train": {**CFG["train"], "epochs": epochs, "lr": 1e-2, "batch_size_plain": 8, "lr_step_epochs": 1,
+                     "lr_gamma": 0.5, "checkpoint_every": checkpoint_every, "reset_optimizer_on_decay": reset,
+                     "augmented_validation": augmented_validation}}
+    torch.manual_seed(0)
+    model = build_mapper("mlp", 20, 6, cfg)
+    ckpt = tmp_path / f"ckpt_{checkpoint_every}_{reset}"
+    result = train_network(model, betas, targets, aug, rows, val, "mse", cfg, 3, torch.device("cpu"), ckpt,
+                           {"test": 1}, progress=False)
+    return result, ckpt
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_lr_step_restarts_adam_as_the_original_recreates_it(tmp_path, reset):
+    """The checkpoint after the first step of epoch 2 (step 6, lr stepped before it). Adam from fresh
+    state has step 1 and moments (1 - b1) g and (1 - b2) g^2, so exp_avg_sq = (1 - b2) / (1 - b1)^2
+    exp_avg^2; carried-over moments have step 6 and no such relation."""
+    result, ckpt = tiny_training(tmp_path, checkpoint_every=6, epochs=2, reset=reset)
+    tensors, meta = load_checkpoint(ckpt)
+    assert meta["step"] == 6 and meta["epoch"] == 1 and meta["batch"] == 1
+    assert [row["lr"] for row in result.curve] == pytest.approx([1e-2, 5e-3])
+    names = [k[: -len(".exp_avg")] for k in tensors if k.startswith("optim.") and k.endswith(".exp_avg")]
+    assert names
+    for name in names:
+        step, m, v = tensors[f"{name}.step"], tensors[f"{name}.exp_avg"], tensors[f"{name}.exp_avg_sq"]
+        fresh = torch.allclose(v, (1 - 0.999) / (1 - 0.9) ** 2 * m**2, rtol=1e-4, atol=1e-12)
+        assert (float(step), fresh) == ((1.0, True) if reset else (6.0, False)), name
+
+
+@pytest.mark.parametrize("checkpoint_every", [7, 10])  # inside epoch 2 after its restart; the end of epoch 1
+def test_resuming_across_an_optimizer_restart_is_exact(tmp_path, checkpoint_every):
+    """The last checkpoint of a finished run, resumed by a new run, ends where the run did: the
+    restart is neither repeated inside an epoch that already had it nor skipped at the next."""
+    reference, _ = tiny_training(tmp_path / "a")
+    finished, ckpt = tiny_training(tmp_path / "b", checkpoint_every=checkpoint_every)
+    assert load_checkpoint(ckpt)[1]["step"] == (14 if checkpoint_every == 7 else 10)
+    resumed, _ = tiny_training(tmp_path / "b", checkpoint_every=checkpoint_every)
+    for run in (finished, resumed):
+        assert all(torch.equal(reference.state_dict[k], run.state_dict[k]) for k in reference.state_dict)
+        assert run.curve == reference.curve and run.steps == reference.steps == 15
+
+
+def test_validation_targets_are_augmented_as_the_original_validates(tmp_path):
+    """With one augmented view per image, the validation loss is the MSE against that view (or the
+    plain target when switched off), computed here directly with the returned weights."""
+    rng = np.random.default_rng(11)
+    betas = rng.standard_normal((48, 20)).astype(np.float32)
+    targets = rng.standard_normal((16, 6)).astype(np.float32)
+    aug = -targets[:, None, :]  # far from the plain target: the two validations cannot agree
+    val = np.arange(48) % 16 >= 13
+    for switch, expected_target in ((True, aug[:, 0]), (False, targets)):
+        result, _ = tiny_training(tmp_path / str(switch), epochs=1, aug=aug, augmented_validation=switch)
+        model = build_mapper("mlp", 20, 6, {**CFG, "mlp": TINY_MLP})
+        model.load_state_dict(result.state_dict)
+        with torch.no_grad():
+            pred = model.eval()(torch.from_numpy(betas[val])).numpy()
+        direct = ((pred - expected_target[(np.arange(48) % 16)[val]]) ** 2).mean()
+        assert result.curve[0]["val_loss"] == pytest.approx(direct, rel=1e-5)
 
 
 # --- SIGTERM and resume -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -39,20 +39,80 @@ def clip_targets(
     return x.numpy()
 
 
-def image_augmentation(side: int) -> v2.Compose:
-    """The augmentations of the original's image targets (method.md), on uint8 (3, H, W) tensors.
+def cutout(
+    image: torch.Tensor,  # (C, H, W)
+    centre: Sequence[float],  # (row, column) of the square's centre, as fractions of the height and width
+    fraction: float,  # side of the square as a fraction of the image's side
+) -> torch.Tensor:
+    """``image`` with a square of zeros, the original's random mask: rows round((r -/+ fraction / 2) H),
+    clipped to the image, its last row and column never zeroed (the original's bound); columns alike."""
+    height, width = image.shape[-2:]
+    half = fraction / 2
+    top, bottom = max(0, round((centre[0] - half) * height)), min(height - 1, round((centre[0] + half) * height))
+    left, right = max(0, round((centre[1] - half) * width)), min(width - 1, round((centre[1] + half) * width))
+    out = image.clone()
+    out[..., top:bottom, left:right] = 0
+    return out
 
-    Drawn from torch's global RNG: seed it once and the K views of every image are reproducible.
-    """
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(side, scale=(0.8, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=max(3, (side // 20) | 1), sigma=(0.1, 2.0))], p=0.5),
-        ]
-    )
+
+class TargetAugmentation:
+    """Random views of the stimuli as the original computes its CLIP image targets
+    (`nsd_utils.get_img_trans`, method.md "CLIP targets"): every image resized (squashed) to
+    ``size``; then, with probability ``p``, a random resized crop, a horizontal flip, colour
+    jitter, grayscale and Gaussian blur (each with its own probability, in this order), and always
+    a cutout. On float (3, size, size) images in [0, 1], any device; every draw comes from torch's
+    global RNG, so a seeded run makes the same views."""
+
+    def __init__(
+        self,
+        size: int,  # side the images are resized to first (the original: 256); blur and cutout act at this size
+        p: float,  # probability that a view is augmented at all; otherwise it is only resized
+        crop_scale: Sequence[float],  # (min, max) area fraction of the random resized crop (aspect 3/4 to 4/3)
+        flip_p: float,  # probability of a horizontal flip
+        color_jitter_p: float,  # probability of colour jitter
+        color_jitter: Sequence[float],  # its strengths: brightness, contrast, saturation, hue
+        grayscale_p: float,  # probability of grayscale (kept as 3 channels)
+        blur_p: float,  # probability of Gaussian blur
+        blur_kernel: int,  # its kernel side in pixels at ``size`` (odd)
+        blur_sigma: Sequence[float],  # (min, max) of its sigma, drawn per view
+        cutout: float,  # side of the zeroed square as a fraction of the image side, centre uniform (0: none)
+    ):
+        self.size = size
+        self.p = p
+        self.color_jitter_p = color_jitter_p
+        self.grayscale_p = grayscale_p
+        self.blur_p = blur_p
+        self.cutout_fraction = cutout
+        self.crop = v2.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True)
+        self.flip = v2.RandomHorizontalFlip(flip_p)
+        self.jitter = v2.ColorJitter(*color_jitter)
+        self.grayscale = v2.Grayscale(num_output_channels=3)
+        self.blur = v2.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma))
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) -> (B, 3, size, size), antialiased."""
+        return v2.functional.resize(images, [self.size, self.size], antialias=True)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """One random view of a resized float image (3, size, size)."""
+        if image.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"expected an image resized to {self.size} x {self.size}, got {tuple(image.shape)}")
+        if not _happens(self.p):
+            return image
+        image = self.flip(self.crop(image))
+        if _happens(self.color_jitter_p):
+            image = self.jitter(image)
+        if _happens(self.grayscale_p):
+            image = self.grayscale(image)
+        if _happens(self.blur_p):
+            image = self.blur(image)
+        centre = torch.rand(2).tolist()
+        return cutout(image, centre, self.cutout_fraction) if self.cutout_fraction > 0 else image
+
+
+def _happens(p: float) -> bool:
+    """True with probability ``p``; always one draw from torch's RNG, so views stay aligned whatever ``p``."""
+    return bool(torch.rand(()) < p)
 
 
 def to_float_images(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -68,15 +128,18 @@ def embed_image_batches(
     batches: Iterable[tuple[np.ndarray, np.ndarray]],  # (nsd_ids, uint8 (B, H, W, 3)) in order
     n_images: int,  # total images, for the progress bar
     n_aug: int = 0,  # augmented views per image (0: none)
+    augmentation: TargetAugmentation | None = None,  # how the views are made (needed when n_aug > 0)
 ) -> dict[str, np.ndarray]:
     """Raw embeddings of every image (and of K augmented views): nsd_id, raw, aug_raw (if K > 0)."""
+    if n_aug > 0 and augmentation is None:
+        raise ValueError(f"n_aug = {n_aug} augmented views need an augmentation (clip.augment)")
     ids, raw, aug_raw = [], [], []
     with torch.inference_mode(), tqdm(total=n_images, desc="embed images", unit="img") as bar:
         for batch_ids, images in batches:
             x = to_float_images(images, clip.device)
             raw.append(clip.encode_images(x).float().cpu().numpy())
             if n_aug > 0:
-                aug_raw.append(_embed_augmented(clip, images, n_aug))
+                aug_raw.append(_embed_augmented(clip, x, augmentation, n_aug))
             ids.append(np.asarray(batch_ids, dtype=np.int64))
             bar.update(len(batch_ids))
     out = {"nsd_id": np.concatenate(ids), "raw": np.concatenate(raw).astype(np.float32)}
@@ -85,13 +148,13 @@ def embed_image_batches(
     return out
 
 
-def _embed_augmented(clip: FrozenClip, images: np.ndarray, n_aug: int) -> np.ndarray:
-    """(B, K, D) embeddings of K random views of each image (parameters drawn per view)."""
-    augment = image_augmentation(images.shape[1])
-    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    views = torch.stack([torch.stack([augment(img) for _ in range(n_aug)]) for img in chw])  # (B, K, 3, H, W)
-    flat = views.flatten(0, 1).to(clip.device).float().div_(255.0)
-    emb = clip.encode_images(flat).float().cpu().numpy()
+def _embed_augmented(
+    clip: FrozenClip, images: torch.Tensor, augmentation: TargetAugmentation, n_aug: int
+) -> np.ndarray:
+    """(B, K, D) embeddings of K random views of each float image (B, 3, H, W) (parameters drawn per view)."""
+    resized = augmentation.resize(images)
+    views = torch.stack([augmentation(image) for image in resized for _ in range(n_aug)])  # (B * K, 3, size, size)
+    emb = clip.encode_images(views).float().cpu().numpy()
     return emb.reshape(len(images), n_aug, -1)
 
 

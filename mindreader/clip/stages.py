@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from mindreader.clip.demo import CaptionedImages, build_demo_clip, save_demo_clip, train_demo_clip
-from mindreader.clip.embed import embed_image_batches, write_image_embeddings
+from mindreader.clip.embed import TargetAugmentation, embed_image_batches, write_image_embeddings
 from mindreader.clip.models import load_clip
 from mindreader.clip.screening import screen_captions, write_caption_embeddings
 from mindreader.io import atomic_path, write_json
@@ -44,7 +44,8 @@ def make_image_embeddings(
     ids = stimulus_ids(nsd, subjects, sessions)
     clip = load_clip(clip_cfg, device)
     batches = nsd.iter_images(ids, int(clip_cfg["batch_size"]))
-    embeddings = embed_image_batches(clip, batches, len(ids), int(clip_cfg["n_aug"]))
+    augmentation = TargetAugmentation(**clip_cfg["augment"])
+    embeddings = embed_image_batches(clip, batches, len(ids), int(clip_cfg["n_aug"]), augmentation)
     write_image_embeddings(output, embeddings, clip, float(clip_cfg["clamp"]), bool(clip_cfg["normalize"]))
 
 

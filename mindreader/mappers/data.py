@@ -52,8 +52,8 @@ def _dataset(f: h5py.File, path: Path, name: str, ndim: int) -> np.ndarray:
     return data
 
 
-def read_prepared(path: str | os.PathLike) -> tuple[PreparedSplit, PreparedSplit, dict]:
-    """(train, test, the RECORDED_ATTRS present) of a prepared subject file."""
+def read_prepared(path: str | os.PathLike) -> tuple[PreparedSplit, PreparedSplit, np.ndarray, dict]:
+    """(train, test, voxel_xyz (V, 3), the RECORDED_ATTRS present) of a prepared subject file."""
     path = Path(path)
     with h5py.File(path, "r") as f:
         splits = []
@@ -65,10 +65,14 @@ def read_prepared(path: str | os.PathLike) -> tuple[PreparedSplit, PreparedSplit
             if not np.isfinite(betas).all():
                 raise ValueError(f"{path}: {split}/betas holds NaN or infinite values")
             splits.append(PreparedSplit(betas, nsd_id))
+        voxel_xyz = _dataset(f, path, "voxel_xyz", 2).astype(np.int64, copy=False)
         attrs = {k: str(f.attrs[k]) for k in RECORDED_ATTRS if k in f.attrs}
     if splits[0].betas.shape[1] != splits[1].betas.shape[1]:
         raise ValueError(f"{path}: train and test betas have different voxel counts")
-    return splits[0], splits[1], attrs
+    n_voxels = splits[0].betas.shape[1]
+    if voxel_xyz.shape != (n_voxels, 3):
+        raise ValueError(f"{path}: voxel_xyz has shape {voxel_xyz.shape}, expected ({n_voxels}, 3), a row per betas column")
+    return splits[0], splits[1], voxel_xyz, attrs
 
 
 def read_clip_targets(path: str | os.PathLike) -> ClipTargets:

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mindreader.io import atomic_path, read_json, write_json
-from mindreader.mappers.cnn import FmriClipRes
+from mindreader.mappers.cnn import FmriClipRes, voxel_order_index
 from mindreader.mappers.mlp import ResidualMLP
 from mindreader.mappers.ridge import LinearMapper
 from mindreader.mappers.settings import CnnConfig, MlpConfig, read_section
@@ -33,16 +34,37 @@ def architecture(kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown mapper '{kind}': expected one of {', '.join(MAPPERS)}")
 
 
-def _build(kind: str, n_voxels: int, embed_dim: int, hyper: Mapping[str, Any]) -> nn.Module:
-    classes = {"cnn": FmriClipRes, "mlp": ResidualMLP, "ridge": LinearMapper}
+def _build(
+    kind: str, n_voxels: int, embed_dim: int, hyper: Mapping[str, Any], voxel_xyz: np.ndarray | None = None
+) -> nn.Module:
+    """Mapper ``kind`` from its hyper-parameters; the cnn's voxel order comes from ``voxel_xyz``,
+    or, when None, from the weights loaded into it afterwards (its ``voxel_index`` buffer)."""
+    if kind == "cnn":
+        layers = {k: v for k, v in hyper.items() if k != "voxel_order"}
+        index = None if voxel_xyz is None else voxel_order_index(voxel_xyz, hyper["voxel_order"])
+        return FmriClipRes(n_voxels, embed_dim, voxel_index=index, **layers)
+    classes = {"mlp": ResidualMLP, "ridge": LinearMapper}
     if kind not in classes:
         raise ValueError(f"unknown mapper '{kind}': expected one of {', '.join(MAPPERS)}")
     return classes[kind](n_voxels, embed_dim, **hyper)
 
 
-def build_mapper(kind: str, n_voxels: int, embed_dim: int, cfg: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialised mapper (B, n_voxels) -> (B, embed_dim); ``cfg`` is ``config["mappers"]``."""
-    return _build(kind, n_voxels, embed_dim, architecture(kind, cfg))
+def build_mapper(
+    kind: str,  # cnn | ridge | mlp
+    n_voxels: int,  # input columns
+    embed_dim: int,  # output dimensions
+    cfg: Mapping[str, Any],  # config["mappers"]
+    voxel_xyz: np.ndarray | None = None,  # (n_voxels, 3) coordinates of the input columns; the cnn needs them
+) -> nn.Module:
+    """A freshly initialised mapper (B, n_voxels) -> (B, embed_dim)."""
+    hyper = architecture(kind, cfg)
+    if kind == "cnn":
+        if voxel_xyz is None:
+            raise ValueError("the cnn mapper needs the voxel coordinates (voxel_xyz) to order its input "
+                             "(mappers.cnn.voxel_order)")
+        if np.shape(voxel_xyz) != (n_voxels, 3):
+            raise ValueError(f"voxel_xyz has shape {np.shape(voxel_xyz)}, expected ({n_voxels}, 3)")
+    return _build(kind, n_voxels, embed_dim, hyper, voxel_xyz)
 
 
 def save_mapper(folder: str | os.PathLike, kind: str, model: nn.Module, hyper: Mapping[str, Any], **info: Any) -> None:

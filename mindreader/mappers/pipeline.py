@@ -103,7 +103,7 @@ def run_mapper(
     if target not in TARGETS:
         raise ValueError(f"unknown mapper target '{target}': expected one of {', '.join(TARGETS)}")
     out_dir = Path(out_dir)
-    train, test, prepared_attrs = read_prepared(prepared_path)
+    train, test, voxel_xyz, prepared_attrs = read_prepared(prepared_path)
     clip = read_clip_targets(clip_path)
     train_rows, test_rows = clip.rows(train.nsd_id), clip.rows(test.nsd_id)
     tc: TrainConfig = read_section(cfg, "train", TrainConfig)
@@ -118,7 +118,7 @@ def run_mapper(
         model, curve, fit_info = _fit_ridge(train, clip, train_rows, val, cfg, device)
     else:
         seed_everything(seed)
-        model = build_mapper(kind, n_voxels, clip.embed_dim, cfg).to(device)
+        model = build_mapper(kind, n_voxels, clip.embed_dim, cfg, voxel_xyz).to(device)
         fingerprint = {"kind": kind, "loss": loss, "target": target, "hyper": hyper, "loss_cfg": dict(cfg["loss"]),
                        "n_voxels": n_voxels, "embed_dim": clip.embed_dim}
         result = train_network(model, train.betas, clip.target, clip.aug_target, train_rows, val, loss, cfg, seed,

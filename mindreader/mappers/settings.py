@@ -28,6 +28,7 @@ class CnnConfig:
     blocks: int  # residual blocks (paper: 4)
     head_hidden: int  # width of the pooling head's hidden layer (paper: 128)
     pad_multiple: int  # input zero-padded, centred, to a multiple of this (32: subj01's 15,744)
+    voxel_order: str  # voxel order the convolutions run over: zyx (x fastest, the original's) | xyz (the file's)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ class TrainConfig:
     batch_size_plain: int  # batch without one
     lr_step_epochs: int  # the learning rate is multiplied by lr_gamma every this many epochs
     lr_gamma: float  # factor of each learning-rate step
+    reset_optimizer_on_decay: bool  # each lr step starts Adam afresh (zero moments), as the original re-creates it
     val_fraction: float  # fraction of the training images (all their samples) held out for validation
     checkpoint_every: int  # optimiser steps between checkpoints (one is also written on SIGTERM)
     augmented_targets: bool  # draw one of the CLIP file's augmented targets per sample and epoch
+    augmented_validation: bool  # validate against augmented targets too, drawn per epoch, as the original does
 
 
 @dataclass(frozen=True)

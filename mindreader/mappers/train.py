@@ -2,8 +2,8 @@
 weights, and checkpoints that make an interrupted run end exactly where an uninterrupted one would.
 
 The data order of epoch e is a permutation drawn from ``default_rng([seed, e])``, and so is the
-choice of augmented target per sample, so a resumed run recomputes them instead of storing them;
-the torch RNG (dropout) and the optimiser state are stored in the checkpoint.
+choice of augmented target per training (and validation) sample, so a resumed run recomputes them
+instead of storing them; the torch RNG (dropout) and the optimiser state are stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -80,6 +80,25 @@ def evaluate_loss(model: nn.Module, betas: torch.Tensor, targets: torch.Tensor, 
     return {name: value / len(betas) for name, value in sums.items()}
 
 
+def set_epoch_lr(optimizer: torch.optim.Optimizer, tc: TrainConfig, epoch: int, resumed_mid_epoch: bool) -> float:
+    """Set and return the learning rate of ``epoch`` (0-based): lr x lr_gamma every lr_step_epochs.
+
+    With ``reset_optimizer_on_decay``, the epoch that steps the rate starts with empty optimiser
+    state (zero moments, step count 0), as the original's Adam re-created at each decay; not when
+    a checkpoint taken inside that epoch is resumed (its state is already the new optimiser's)."""
+    lr = tc.lr * tc.lr_gamma ** (epoch // tc.lr_step_epochs)
+    if tc.reset_optimizer_on_decay and epoch > 0 and epoch % tc.lr_step_epochs == 0 and not resumed_mid_epoch:
+        optimizer.state.clear()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _draw_views(rng: np.random.Generator, views: torch.Tensor | None, n: int, device: torch.device):
+    """Which of the K augmented targets each of ``n`` samples reads (None when ``views`` is None)."""
+    return torch.from_numpy(rng.integers(views.shape[1], size=n)).to(device) if views is not None else None
+
+
 class _Checkpointer:
     """Saves and restores model, optimiser, RNG, best weights and TrainState in one folder."""
 
@@ -135,7 +154,10 @@ def train_network(
     batch_size = tc.batch_size if uses_contrastive(loss) else tc.batch_size_plain
     x = torch.from_numpy(np.ascontiguousarray(betas)).to(device)
     y = torch.from_numpy(np.ascontiguousarray(target_table)).to(device)
-    y_aug = torch.from_numpy(aug_table).to(device) if (tc.augmented_targets and aug_table is not None) else None
+    use_aug = aug_table is not None and (tc.augmented_targets or tc.augmented_validation)
+    y_aug = torch.from_numpy(aug_table).to(device) if use_aug else None
+    train_aug = y_aug if tc.augmented_targets else None
+    val_aug = y_aug if tc.augmented_validation else None
     row_of = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
     train_idx = np.flatnonzero(~val)
     val_idx = torch.from_numpy(np.flatnonzero(val)).to(device)
@@ -151,18 +173,17 @@ def train_network(
     bar = tqdm(total=tc.epochs, initial=state.epoch, desc="epochs", disable=not progress, dynamic_ncols=True)
     with StopOnSignal() as stop:
         for epoch in range(state.epoch, tc.epochs):
-            lr = tc.lr * tc.lr_gamma ** (epoch // tc.lr_step_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_epoch_lr(optimizer, tc, epoch, resumed_mid_epoch=state.batch > 0)
             rng = np.random.default_rng([seed, epoch])
             order = torch.from_numpy(rng.permutation(train_idx)).to(device)
-            pick = torch.from_numpy(rng.integers(y_aug.shape[1], size=len(order))).to(device) if y_aug is not None else None
+            pick = _draw_views(rng, train_aug, len(order), device)
+            val_pick = _draw_views(rng, val_aug, len(val_idx), device)
             n_batches = -(-len(order) // batch_size)
             model.train()
             for b in range(state.batch, n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                if y_aug is not None:
-                    target = y_aug[row_of[idx], pick[b * batch_size : (b + 1) * batch_size]]
+                if train_aug is not None:
+                    target = train_aug[row_of[idx], pick[b * batch_size : (b + 1) * batch_size]]
                 else:
                     target = y[row_of[idx]]
                 terms = mapper_loss(loss, model(x[idx]), target, cfg)
@@ -182,7 +203,8 @@ def train_network(
 
             row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / state.count for k, v in sorted(state.sums.items())}}
             if len(val_idx):
-                val_terms = evaluate_loss(model, x[val_idx], y[row_of[val_idx]], loss, cfg, batch_size)
+                val_target = val_aug[row_of[val_idx], val_pick] if val_aug is not None else y[row_of[val_idx]]
+                val_terms = evaluate_loss(model, x[val_idx], val_target, loss, cfg, batch_size)
                 row.update({f"val_{k}": v for k, v in sorted(val_terms.items())})
                 if state.best_val is None or val_terms["loss"] < state.best_val:
                     state.best_val = val_terms["loss"]
