@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -423,8 +424,9 @@ def test_validation_targets_are_augmented_as_the_original_validates(tmp_path):
 # --- SIGTERM and resume -------------------------------------------------------------------------
 
 DRIVER = """
-import json, sys, torch
+import json, logging, sys, torch
 torch.set_num_threads(1)
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted
 from mindreader.mappers.pipeline import run_mapper
 prepared, clip, out, ckpt, cfg = sys.argv[1:4] + [sys.argv[4], json.loads(sys.argv[5])]
@@ -459,8 +461,14 @@ def test_sigterm_then_resume_ends_with_the_same_weights(tmp_path):
     assert not (tmp_path / "interrupted" / "model.safetensors").exists()
 
     resumed = start("interrupted")
-    assert resumed.wait() == 0, resumed.communicate()[0]
-    assert reference.wait() == 0, reference.communicate()[0]
+    resumed_output = resumed.communicate()[0]
+    assert resumed.returncode == 0, resumed_output
+    reference_output = reference.communicate()[0]
+    assert reference.returncode == 0, reference_output
+    # The rerun says where it resumed and runs only the steps after that.
+    total = int(re.search(r"ran steps 1 to (\d+) of (\d+) in this process", reference_output).group(1))
+    assert f"resumed from step {saved['step']} of {total}" in resumed_output
+    assert f"ran steps {saved['step'] + 1} to {total} of {total} in this process" in resumed_output
     a = load_file(str(tmp_path / "reference" / "model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

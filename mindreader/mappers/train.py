@@ -169,6 +169,10 @@ def train_network(
     fingerprint = _normalised({**fingerprint, "train": tc.__dict__, "n_samples": len(betas), "seed": seed})
     restored = checkpointer.restore(fingerprint)
     state, best = restored if restored is not None else (TrainState(fingerprint=fingerprint), None)
+    total_steps = tc.epochs * -(-len(train_idx) // batch_size)
+    first_step = state.step
+    if restored is not None:
+        log.info("resumed from step %d of %d (epoch %d, batch %d)", state.step, total_steps, state.epoch, state.batch)
 
     bar = tqdm(total=tc.epochs, initial=state.epoch, desc="epochs", disable=not progress, dynamic_ncols=True)
     with StopOnSignal() as stop:
@@ -219,6 +223,7 @@ def train_network(
                 checkpointer.save(state, best)
                 raise TrainingInterrupted(f"stopped by signal after epoch {epoch + 1}")
     bar.close()
+    log.info("ran steps %d to %d of %d in this process", first_step + 1, state.step, total_steps)
     if best is None:
         best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         state.best_epoch = tc.epochs
