@@ -2,6 +2,7 @@
 # the stage files (grouped by stage below): the stage files hold rules only. This file is
 # included first; a function that uses another stage's helper is called only when a rule is
 # defined, after the helpers above it exist.
+import hashlib
 import os
 import re
 
@@ -18,6 +19,7 @@ from mindreader.nsd.paths import (
     mask_relpath,
     present_betas_format,
 )
+from mindreader.weights import sha256_of
 
 validate(config, schema="../config/schema.yaml")
 
@@ -226,6 +228,62 @@ NETWORK_FILES = [
     "losses.csv",
 ]
 PRETRAINED = "results/generator/pretrained"
+IMPORTED = "results/generator/imported"
+# What store.load_networks reads from a generator folder.
+GENERATOR_FOLDER_FILES = [
+    "network.json",
+    "G.safetensors",
+    "G_ema.safetensors",
+    "D.safetensors",
+]
+
+
+def init_kind(init):
+    """generator.init: 'pretrain' (rule pretrain_generator), 'lafite' (a Lafite training pickle,
+    imported by rule import_lafite) or 'folder' (a generator folder, used as it is)."""
+    if init == "pretrain":
+        return "pretrain"
+    if os.path.isdir(init):
+        missing = [
+            f
+            for f in GENERATOR_FOLDER_FILES
+            if not os.path.isfile(os.path.join(init, f))
+        ]
+        if missing:
+            raise ValueError(
+                f"generator.init '{init}': a generator folder lacks {', '.join(missing)}"
+            )
+        return "folder"
+    if os.path.isfile(init):
+        return "lafite"
+    raise ValueError(
+        f"generator.init '{init}': no such file or folder; expected 'pretrain', a Lafite "
+        "training pickle or a generator folder (network.json, G/G_ema/D.safetensors)"
+    )
+
+
+INIT_KIND = init_kind(GEN["init"])
+# The folder fine-tuning starts from.
+INIT_FOLDER = {"pretrain": PRETRAINED, "lafite": IMPORTED}.get(
+    INIT_KIND, os.path.normpath(GEN["init"])
+)
+
+
+def init_description():
+    """Which initialisation the fine-tuned runs start from, for the tables and provenance:
+    'pretrain', or the pickle or folder with its sha256 (a folder's: of its files' digests).
+    """
+    if INIT_KIND == "pretrain":
+        return "pretrain"
+    if INIT_KIND == "lafite":
+        return f"Lafite pickle {GEN['init']} (sha256 {sha256_of(GEN['init'])})"
+    digests = "".join(
+        sha256_of(os.path.join(INIT_FOLDER, f)) for f in GENERATOR_FOLDER_FILES
+    )
+    return f"generator folder {GEN['init']} (sha256 {hashlib.sha256(digests.encode()).hexdigest()})"
+
+
+GENERATOR_INIT = init_description()
 RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
 
 
@@ -301,6 +359,17 @@ def evaluation_clip_files():
     return clip_model_files() if EVAL["clip"] is None else []
 
 
+def generated_fid_files(w):
+    """The run's generated-sample FID (rule fid_generated), when evaluation.fid_protocols asks for
+    it and the FID network's weights file is there; without it evaluate_run reports the metric
+    missing, and weights_present reruns the evaluation once the file appears."""
+    if "generated" not in EVAL["fid_protocols"]:
+        return []
+    if not os.path.isfile(EVAL["networks"]["inception_fid"]["weights"]):
+        return []
+    return [run_path("results/metrics", ".fid_generated.json", dict(w.items()))]
+
+
 def weights_present():
     files = {name: entry["weights"] for name, entry in EVAL["networks"].items()}
     if EVAL["clip"] is not None:
@@ -317,6 +386,7 @@ def data_description():
         "sessions": prepare["sessions"],
         "split": prepare["split"],
         "test_repeats": prepare["test_repeats"],
+        "generator_init": GENERATOR_INIT,
     }
 
 

@@ -5,7 +5,8 @@
 # and the rerun resumes). generator.gpus > 1 runs one job on several GPUs with torchrun.
 from mindreader.nsd.paths import STIMULI_RELPATH
 
-# Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN: rules/common.smk.
+# Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN, and INIT_FOLDER (where fine-tuning
+# starts: generator.init): rules/common.smk.
 
 
 rule pretrain_generator:
@@ -34,12 +35,31 @@ rule pretrain_generator:
         "../scripts/train_generator.py"
 
 
+# Planned only when generator.init names a Lafite training pickle: its networks, read without
+# running anything from the pickle, as a generator folder.
+rule import_lafite:
+    input:
+        GEN["init"],
+    output:
+        expand(f"{IMPORTED}/{{name}}", name=GENERATOR_FOLDER_FILES),
+    log:
+        "results/logs/generator/import_lafite.log",
+    benchmark:
+        "results/benchmarks/generator/import_lafite.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=16000,
+    script:
+        "../scripts/import_lafite.py"
+
+
 rule finetune_generator:
     input:
         nsd=nsd_inputs(STIMULI_RELPATH),
         pred_train=lambda w: [f"{folder}/pred_train.h5" for folder in mapper_folders(w)],
         pretrained=lambda w: (
-            expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES)
+            expand(f"{INIT_FOLDER}/{{name}}", name=GENERATOR_FOLDER_FILES)
             if w.strategy == "finetune"
             else []
         ),
@@ -61,6 +81,7 @@ rule finetune_generator:
         runtime=gpu_runtime(GEN["finetune"]["runtime"]),
     params:
         stage="finetune",
+        init=GENERATOR_INIT,
         checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
             **dict(w.items())
         ),
@@ -76,7 +97,7 @@ rule finetune_e2e:
             f"{folder}/model.safetensors" for folder in mapper_folders(w)
         ],
         targets=embedding_files,
-        pretrained=expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES),
+        pretrained=expand(f"{INIT_FOLDER}/{{name}}", name=GENERATOR_FOLDER_FILES),
         clip=generator_clip_files(),
     output:
         expand(
@@ -99,6 +120,7 @@ rule finetune_e2e:
         runtime=gpu_runtime(GEN["finetune"]["runtime"]),
     params:
         stage="e2e",
+        init=GENERATOR_INIT,
         checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
             **dict(w.items())
         ),

@@ -29,6 +29,8 @@ if stage == "pretrain":
 else:
     job.update(variant=sm.wildcards.variant, strategy=sm.wildcards.strategy)
     job["pretrained"] = os.path.dirname(sm.input.pretrained[0]) if sm.input.pretrained else None
+    # generator.init ('pretrain', or the Lafite pickle / folder and its sha256); none from scratch
+    job["init"] = sm.params.init if sm.input.pretrained else None
     if stage == "finetune":
         job["pred_train"] = list(sm.input.pred_train)
     else:
@@ -45,4 +47,4 @@ except TrainingInterrupted as err:
 except Exception:
     log.exception("generator %s failed", stage)
     raise
-write_provenance(job["output_dir"], config, config["seed"], stage=stage)
+write_provenance(job["output_dir"], config, config["seed"], stage=stage, init=job.get("init"))

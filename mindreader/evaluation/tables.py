@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -21,7 +21,8 @@ from mindreader.names import ABLATION_TABLES, get_variant
 
 # The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
 COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
-ABLATION_COLUMNS = ("fid", "fd_clip", *COMPARISON_COLUMNS)
+ABLATION_COLUMNS = ("fid_paired", "fid_generated", "fd_clip", *COMPARISON_COLUMNS)
+FID_KEYS = ("fid_paired", "fid_generated")
 
 # Published rows, from ../shared/docs/evaluation.md (subj01, 40 sessions, each paper's own
 # evaluation code). Identification and retrieval in %, None where the paper reports nothing.
@@ -48,10 +49,12 @@ class Table:
     columns: tuple[str, ...]  # metric keys shown
     data_note: str  # where the numbers come from
     missing: dict[str, str]  # metric key -> why it is not measured
+    headers: dict[str, str] = field(default_factory=dict)  # metric key -> header, where more than its label
 
 
 def data_note(data: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -> str:
-    """'synthetic NSD, sessions 1-8, split shared1000, test repeats averaged, 60 test images, z random'."""
+    """'synthetic NSD, sessions 1-8, split shared1000, test repeats averaged, 60 test images, z random,
+    generator init pretrain' (init: generator.init, the pickle or folder fine-tuning started from)."""
     summaries = list(summaries)
     counts = sorted({int(s["n_images"]) for s in summaries})
     images = "/".join(str(n) for n in counts) if counts else "?"
@@ -59,7 +62,8 @@ def data_note(data: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -
     source = "SYNTHETIC NSD (demo data, not comparable with papers)" if data.get("synthetic") else "NSD"
     return (
         f"{source}, sessions 1-{data.get('sessions')}, split {data.get('split')}, "
-        f"test repeats {data.get('test_repeats')}, {images} test images, generator z {'/'.join(z) or '?'}; "
+        f"test repeats {data.get('test_repeats')}, {images} test images, generator z {'/'.join(z) or '?'}, "
+        f"generator init {data.get('generator_init', '?')}; "
         "CIs: 95 % bootstrap over test images"
     )
 
@@ -71,7 +75,9 @@ def _row(labels: Mapping[str, Any], summary: Mapping[str, Any], columns: Iterabl
         scale = 100.0 if METRIC_BY_KEY[key].percent else 1.0
         if "value" in result:
             row[key] = result["value"] * scale
-            row[f"{key}_lo"], row[f"{key}_hi"] = (v * scale for v in result["ci95"])
+            # the generated-sample FID is one number, without a CI (as StyleGAN2-ADA reports it)
+            lo, hi = result.get("ci95", (math.nan, math.nan))
+            row[f"{key}_lo"], row[f"{key}_hi"] = lo * scale, hi * scale
         else:
             row[key] = row[f"{key}_lo"] = row[f"{key}_hi"] = math.nan
     return row
@@ -94,6 +100,23 @@ def _label(axis: str, value: str) -> str:
     return value
 
 
+def generated_fid_header(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """'FID (982 generated)': the generated-sample FID's column names how many images it drew."""
+    results = [summary["metrics"].get("fid_generated", {}) for summary in summaries]
+    counts = sorted({int(r["n_generated"]) for r in results if "n_generated" in r})
+    return f"FID ({'/'.join(str(n) for n in counts)} generated)" if counts else METRIC_BY_KEY["fid_generated"].label
+
+
+def fid_note(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """Which FID each FID column is."""
+    return (
+        "FID (paired): the N reconstructions vs their N ground-truth test images (ours), 95 % bootstrap CI; "
+        f"{generated_fid_header(summaries)}: the FID Mind Reader reports, StyleGAN2-ADA's fid50k_full as the "
+        "Mind Reader fork runs it (G_ema, random z, conditions cycled through the test set's predicted embeddings, "
+        "vs the test images at the generator's resolution), one value without CI; both with pytorch-fid's Inception"
+    )
+
+
 def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
     """The paper's four tables. ``runs``: dicts of the run keys plus ``summary`` (metrics JSON)."""
     main = ablations["main"]
@@ -114,6 +137,7 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
             [_row({"subject": r["subject"], axis: _label(axis, r[axis])}, r["summary"], ABLATION_COLUMNS) for r in chosen]
         )
         fixed = ", ".join(f"{k} {main[k]}" for k in ("mapper", "loss", "variant", "strategy") if k != axis)
+        summaries = [r["summary"] for r in chosen]
         tables.append(
             Table(
                 name=name,
@@ -121,8 +145,9 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
                 frame=frame,
                 labels=("subject", axis),
                 columns=ABLATION_COLUMNS,
-                data_note=data_note(data, (r["summary"] for r in chosen)),
-                missing=_missing((r["summary"] for r in chosen), ABLATION_COLUMNS),
+                data_note=f"{data_note(data, summaries)}; {fid_note(summaries)}",
+                missing=_missing(summaries, ABLATION_COLUMNS),
+                headers={"fid_generated": generated_fid_header(summaries)},
             )
         )
     return tables
@@ -171,10 +196,10 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _header(key: str) -> str:
+def _header(table: Table, key: str) -> str:
     metric = METRIC_BY_KEY[key]
     arrow = "↑" if metric.higher_is_better else "↓"
-    return f"{metric.label}{' %' if metric.percent else ''} {arrow}"
+    return f"{table.headers.get(key, metric.label)}{' %' if metric.percent else ''} {arrow}"
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
@@ -182,7 +207,7 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     # FD_CLIP's scale depends on the CLIP (small for unit-scale embeddings): significant digits
-    spec = ".3g" if key == "fd_clip" else ".1f" if METRIC_BY_KEY[key].percent or key == "fid" else ".3f"
+    spec = ".3g" if key == "fd_clip" else ".1f" if METRIC_BY_KEY[key].percent or key in FID_KEYS else ".3f"
     lo, hi = row.get(f"{key}_lo", math.nan), row.get(f"{key}_hi", math.nan)
     text = f"{value:{spec}}"
     if isinstance(lo, float) and not math.isnan(lo):
@@ -203,7 +228,7 @@ def _notes(table: Table) -> list[str]:
 
 
 def to_markdown(table: Table) -> str:
-    header = [*table.labels, *(_header(k) for k in table.columns)]
+    header = [*table.labels, *(_header(table, k) for k in table.columns)]
     lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.frame.to_dict("records"):
         cells = [str(row.get(label, "")) for label in table.labels] + [_cell(row, k) for k in table.columns]
@@ -218,7 +243,7 @@ def _tex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    header = [*table.labels, *(_header(k) for k in table.columns)]
+    header = [*table.labels, *(_header(table, k) for k in table.columns)]
     lines = [
         r"\begin{table}[ht]",
         r"\centering\scriptsize",
