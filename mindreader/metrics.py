@@ -2,7 +2,8 @@
 
 Everything here works on NumPy arrays and knows nothing about networks or files:
 - distribution distances: `frechet_distance` (FID, FD_CLIP) from means and covariances, and
-  `frechet_distance_features` straight from two feature sets;
+  `frechet_distance_features` straight from two feature sets; `FeatureMoments` accumulates a
+  mean and covariance over batches (the generated-image FID);
 - paired scores per test image, whose mean is the reported number: `two_way_per_image`
   (MindEye's two-way identification), `correlation_distance_per_image` (EffNet-B, SwAV),
   `pixcorr_per_image`, `ssim_per_image`;
@@ -63,6 +64,33 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if features.shape[0] < 2:
         raise ValueError(f"need at least 2 feature vectors for a covariance, got {features.shape[0]}")
     return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+class FeatureMoments:
+    """Mean and covariance of feature vectors that arrive batch by batch, from float64 running sums
+    of x and x x^T (as StyleGAN2-ADA's FeatureStats), so that the features of 50k generated images
+    are never held together."""
+
+    def __init__(self, dim: int):  # feature width
+        self.n = 0
+        self.total = np.zeros(dim)
+        self.outer = np.zeros((dim, dim))
+
+    def add(self, features: np.ndarray) -> None:
+        """Add (B, dim) feature vectors."""
+        x = _features(features, "features")
+        if x.shape[1] != self.total.shape[0]:
+            raise ValueError(f"features of width {x.shape[1]} added to moments of width {self.total.shape[0]}")
+        self.n += x.shape[0]
+        self.total += x.sum(axis=0)
+        self.outer += x.T @ x
+
+    def mean_cov(self, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance with ``ddof`` (0: population, StyleGAN2-ADA; 1: sample, pytorch-fid)."""
+        if self.n < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.n}")
+        mean = self.total / self.n
+        return mean, (self.outer - self.n * np.outer(mean, mean)) / (self.n - ddof)
 
 
 def frechet_distance_features(x: np.ndarray, y: np.ndarray) -> float:
@@ -169,13 +197,18 @@ def ssim(gt: np.ndarray, rec: np.ndarray) -> float:
     return float(ssim_per_image(gt, rec).mean())
 
 
-def resize_images(images: np.ndarray, side: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 or float in [0, 1] -> float32 (N, side, side, 3) in [0, 1], bilinear
-    with antialiasing (a no-op when the images already have that size)."""
+def unit_float_images(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 or float in [0, 1] -> float32 (N, H, W, 3) in [0, 1], at their own size."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, H, W, 3), got {images.shape}")
-    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
+def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 or float in [0, 1] -> float32 (N, side, side, 3) in [0, 1], bilinear
+    with antialiasing (a no-op when the images already have that size)."""
+    x = unit_float_images(images)
     if x.shape[1:3] == (side, side):
         return x
     t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)

@@ -4,7 +4,7 @@ images -> metrics JSON (every metric, bootstrap 95 % CI, or missing with the rea
 import logging
 
 from mindreader.evaluation import battery_config, evaluate_run, load_sources, write_run
-from mindreader.evaluation.run import read_reconstructions
+from mindreader.evaluation.run import generated_fid_result, read_reconstructions
 from mindreader.nsd import NSD
 from mindreader.provenance import write_provenance
 from mindreader.runtime import select_device, set_threads, setup_logging
@@ -20,8 +20,10 @@ try:
     _, nsd_id, _ = read_reconstructions(sm.input.reconstructions)
     ground_truth = NSD(config["nsd_root"]).read_images(nsd_id)
     sources, unavailable, networks = load_sources(config["evaluation"], config["clip"], device)
+    # the fid_generated rule's JSON is an input only when it can run (see generated_fid_files)
+    generated = generated_fid_result(cfg, next(iter(sm.input.fid_generated), None), unavailable)
     summary, per_image = evaluate_run(
-        sm.input.reconstructions, ground_truth, sm.params.predictions, sources, unavailable, cfg, device
+        sm.input.reconstructions, ground_truth, sm.params.predictions, sources, unavailable, cfg, device, generated
     )
     summary.update(run=dict(sm.wildcards.items()), data=sm.params.data, networks=networks)
     write_run(summary, per_image, sm.output.json, sm.output.per_image)

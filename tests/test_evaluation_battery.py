@@ -16,7 +16,14 @@ from mindreader.weights import sha256_of
 
 torch.set_num_threads(1)
 CFG = BatteryConfig(
-    n_boot=50, n_boot_fd=20, batch_size=4, image_side=64, retrieval_pool=300, retrieval_draws=5, seed=0
+    n_boot=50,
+    n_boot_fd=20,
+    batch_size=4,
+    image_side=64,
+    retrieval_pool=300,
+    retrieval_draws=5,
+    seed=0,
+    fid_protocols=("paired", "generated"),
 )
 
 
@@ -37,7 +44,7 @@ def test_missing_weights_are_reported_missing_not_computed(tmp_path):
         images, images, {}, {"alex2": reason}, {"img": "no predictions"}, CFG, torch.device("cpu")
     )
     assert results["alex2"] == {"missing": reason}
-    assert "missing" in results["fid"] and "missing" in results["img_ret"]
+    assert "missing" in results["fid_paired"] and "missing" in results["img_ret"]
     assert "value" not in results["alex5"]
     assert results["ssim"]["value"] == pytest.approx(1.0)
 
@@ -106,6 +113,7 @@ def test_evaluate_run_reports_every_metric_with_ci(tmp_path):
         {"fid": "weights file not found: x"},
         CFG,
         torch.device("cpu"),
+        {"missing": "weights file not found: x"},
     )
     results = summary["metrics"]
     assert set(results) == {m.key for m in METRICS}
@@ -113,7 +121,7 @@ def test_evaluate_run_reports_every_metric_with_ci(tmp_path):
         lo, hi = results[key]["ci95"]
         assert lo <= results[key]["value"] <= hi, key
     assert results["img_ret"]["value"] == 1.0 and results["img_ret"]["chance"] == pytest.approx(1 / 6)
-    assert results["fid"] == {"missing": "weights file not found: x"}
+    assert results["fid_paired"] == results["fid_generated"] == {"missing": "weights file not found: x"}
     assert "missing" in results["cap_ret"]
     assert list(per_image["nsd_id"]) == list(range(10, 16))
     assert {"pixcorr", "ssim", "alex2", "alex5"} <= set(per_image.columns)

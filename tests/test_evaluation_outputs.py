@@ -36,8 +36,10 @@ MISSING = "weights file not found: resources/weights/alexnet-owt-7be5be79.pth (e
 def _summary(seed: float) -> dict:
     metrics = {}
     for m in METRICS:
-        if m.key in ("alex2", "alex5", "fid"):
+        if m.key in ("alex2", "alex5", "fid_paired"):
             metrics[m.key] = {"missing": MISSING}
+        elif m.key == "fid_generated":
+            metrics[m.key] = {"value": 40.0 + seed, "n_generated": 256}  # one value, no CI
         else:
             value = 0.1 + seed / 10
             metrics[m.key] = {"value": value, "ci95": [value - 0.01, value + 0.01]}
@@ -78,7 +80,10 @@ def test_tables_have_their_rows_data_line_and_missing_reasons(tmp_path):
         assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     md = (tmp_path / "conditioning.md").read_text()
     assert "SYNTHETIC NSD" in md and "sessions 1-3" in md and "shared1000" in md and "12 test images, generator z random" in md
-    assert "Not measured (FID, Alex2, Alex5): weights file not found" in md
+    assert "Not measured (FID (paired), Alex2, Alex5): weights file not found" in md
+    # each FID column says which FID it is; the generated one is a single value, no CI
+    assert "| FID (paired) ↓ | FID (256 generated) ↓ |" in md and "fid50k_full" in md
+    assert "| subj01 | img | – | 40.0 | 0.1 [" in md
     assert "| img+cap |" in md and "[" in md
     csv = pd.read_csv(tmp_path / "comparison.csv")
     assert csv["data"].str.contains("SYNTHETIC").all()
@@ -121,6 +126,6 @@ def test_retrieval_curves_and_bars_render(tmp_path):
     assert len(fig.axes[0].lines) == 2 and len(fig.axes[1].lines) == 1
     save_figure(fig, tmp_path / "c.pdf")
     runs = [(label, _summary(i)) for i, label in enumerate(["img", "cap", "img+cap"])]
-    fig = metric_bars(runs, ["fid", "clip", "img_ret"], "b")
+    fig = metric_bars(runs, ["fid_paired", "clip", "img_ret"], "b")
     assert "not measured" in fig.axes[0].texts[0].get_text()
     save_figure(fig, tmp_path / "b.pdf", tmp_path / "b.png")

@@ -89,7 +89,7 @@ def test_figures_tables_and_report_from_a_tiny_synthetic_run(tmp_path):
     for key in ("pixcorr", "ssim", "clip", "fd_clip", "img_ret", "brain_ret", "cap_ret"):
         lo, hi = summary["metrics"][key]["ci95"]
         assert lo <= summary["metrics"][key]["value"] <= hi, key
-    for key in ("fid", "alex2", "alex5", "incep", "eff", "swav"):
+    for key in ("fid_paired", "fid_generated", "alex2", "alex5", "incep", "eff", "swav"):
         assert "value" not in summary["metrics"][key] and summary["metrics"][key]["missing"], key
     per_image = pd.read_csv(tmp_path / "results/metrics/subj01/cnn/mse_cos_contrastive/img+cap/finetune.per_image.csv")
     assert list(per_image["nsd_id"]) == list(test_ids)

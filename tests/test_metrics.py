@@ -52,6 +52,21 @@ def test_frechet_distance_is_exact_and_finite_for_singular_covariances():
     assert metrics.frechet_distance_features(x, x) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_feature_moments_over_batches_equal_numpy_mean_and_covariance():
+    rng = np.random.default_rng(4)
+    x = _gaussian_features(rng, 50, 6, shift=2.0)
+    moments = metrics.FeatureMoments(6)
+    for start in range(0, 50, 16):
+        moments.add(x[start : start + 16])
+    assert moments.n == 50
+    for ddof in (0, 1):
+        mean, cov = moments.mean_cov(ddof)
+        np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(cov, np.cov(x, rowvar=False, ddof=ddof), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="width"):
+        moments.add(x[:, :5])
+
+
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="sigma2"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))

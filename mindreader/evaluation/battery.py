@@ -1,8 +1,13 @@
 """The metric battery as data, and its computation on one set of paired images.
 
 Each metric names the features it needs (from a feature network, or pixels, or the mapper's
-predicted embeddings) and how they are scored. `evaluate_images` computes every metric whose
-features are available and reports the others as missing with the reason.
+predicted embeddings) and how they are scored. `evaluate_images` computes every metric of the
+paired images whose features are available and reports the others as missing with the reason;
+the FID of generated samples needs the generator and comes from `mindreader.evaluation.generated_fid`.
+
+Each image is resized once, from its own size straight to the size each metric takes: PixCorr
+and SSIM resize to `image_side`, each network resizes its input itself (pytorch-fid's Inception
+to 299, as pytorch-fid does).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 class Metric:
     key: str  # name in the per-run JSON and the tables' CSV
     label: str  # column header in the tables
-    kind: str  # frechet | two_way | corr_distance | pixcorr | ssim | retrieval
+    kind: str  # frechet | generated_frechet | two_way | corr_distance | pixcorr | ssim | retrieval
     feature: str  # feature name a network gives ("fid", "clip", "alex2", ...); for retrieval the
     # mapper target and direction ("img:image"); empty for pixel metrics
     higher_is_better: bool  # the tables mark the direction
@@ -33,7 +38,10 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("fid", "FID", "frechet", "fid", higher_is_better=False),
+    # FID of the N reconstructions vs their N ground-truth images (ours), and StyleGAN2-ADA's
+    # fid50k_full protocol that Mind Reader reports (generated samples vs the test images).
+    Metric("fid_paired", "FID (paired)", "frechet", "fid", higher_is_better=False),
+    Metric("fid_generated", "FID (generated)", "generated_frechet", "fid", higher_is_better=False),
     Metric("fd_clip", "FD_CLIP", "frechet", "clip", higher_is_better=False),
     Metric("pixcorr", "PixCorr", "pixcorr", "", higher_is_better=True),
     Metric("ssim", "SSIM", "ssim", "", higher_is_better=True),
@@ -49,6 +57,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("cap_brain_ret", "cap brain ret", "retrieval", "cap:brain", higher_is_better=True, percent=True),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
+# evaluation.fid_protocols: which FIDs a run reports (metric key of each).
+FID_PROTOCOLS = {"paired": "fid_paired", "generated": "fid_generated"}
 
 # A feature source: float images (B, 3, H, W) in [0, 1] -> {feature name: (B, D)}.
 FeatureSource = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
@@ -59,10 +69,11 @@ class BatteryConfig:
     n_boot: int  # bootstrap resamples for the per-image metrics
     n_boot_fd: int  # bootstrap resamples for the Frechet distances (each a full FD)
     batch_size: int  # images per batch through a network
-    image_side: int  # side of the pixel comparison (PixCorr, SSIM) and of the networks' input
+    image_side: int  # side of the pixel comparison (PixCorr, SSIM); networks resize to their own
     retrieval_pool: int  # images per retrieval pool
     retrieval_draws: int  # retrieval pools drawn
     seed: int  # seed of the bootstrap and the retrieval pools
+    fid_protocols: tuple[str, ...]  # FIDs to report: paired and/or generated (FID_PROTOCOLS)
 
 
 def extract_features(
@@ -73,11 +84,12 @@ def extract_features(
     what: str,  # "ground truth" / "reconstructions", for the progress bar
 ) -> dict[str, np.ndarray]:
     """Every feature every source gives, as float32 (N, D) arrays (the Frechet distance computes
-    in float64 itself; correlations are exact enough in float32)."""
+    in float64 itself; correlations are exact enough in float32). Images go to each source at
+    their own size: the source resizes them once, to its input size."""
     chunks: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(images), cfg.batch_size)
     for start in tqdm(starts, desc=f"features of {what}", unit="batch", disable=not sources):
-        batch = metrics.resize_images(images[start : start + cfg.batch_size], cfg.image_side)
+        batch = metrics.unit_float_images(images[start : start + cfg.batch_size])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
         for source in sources.values():
             with torch.no_grad():
@@ -95,7 +107,8 @@ def evaluate_images(
     cfg: BatteryConfig,
     device: torch.device,
 ) -> dict[str, dict]:
-    """Every metric of METRICS: {"value", "ci95", "per_image"?} or {"missing": reason}."""
+    """Every metric of METRICS but the generated-sample FID: {"value", "ci95", "per_image"?} or
+    {"missing": reason}."""
     if gt.shape[0] != rec.shape[0]:
         raise ValueError(f"{gt.shape[0]} ground-truth images but {rec.shape[0]} reconstructions")
     n = gt.shape[0]
@@ -103,6 +116,11 @@ def evaluate_images(
     rec_feats = extract_features(sources, rec, cfg, device, "reconstructions")
     results: dict[str, dict] = {}
     for metric in METRICS:
+        if metric.kind == "generated_frechet":
+            continue
+        if metric.key == FID_PROTOCOLS["paired"] and "paired" not in cfg.fid_protocols:
+            results[metric.key] = {"missing": not_requested("paired")}
+            continue
         if metric.kind == "retrieval":
             results[metric.key] = _retrieval(metric, predictions, cfg)
             continue
@@ -125,6 +143,10 @@ def evaluate_images(
         per_image = scorer(a, b)
         results[metric.key] = {**mean_ci(per_image, cfg.n_boot, cfg.seed), "per_image": per_image}
     return results
+
+
+def not_requested(protocol: str) -> str:
+    return f"not requested (evaluation.fid_protocols has no '{protocol}')"
 
 
 def _retrieval(metric: Metric, predictions: Mapping[str, tuple[np.ndarray, np.ndarray] | str], cfg: BatteryConfig) -> dict:

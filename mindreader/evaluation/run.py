@@ -13,9 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mindreader.evaluation.battery import METRICS, BatteryConfig, FeatureSource, evaluate_images
+from mindreader.evaluation.battery import (
+    FID_PROTOCOLS,
+    METRICS,
+    BatteryConfig,
+    FeatureSource,
+    evaluate_images,
+    not_requested,
+)
 from mindreader.evaluation.networks import FID_NETWORK, SPECS, load_network
-from mindreader.io import atomic_path, write_json
+from mindreader.io import atomic_path, read_json, write_json
 from mindreader.weights import MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -30,7 +37,21 @@ def battery_config(eval_cfg: Mapping[str, Any], seed: int) -> BatteryConfig:
         retrieval_pool=int(eval_cfg["retrieval_pool"]),
         retrieval_draws=int(eval_cfg["retrieval_draws"]),
         seed=int(seed),
+        fid_protocols=tuple(eval_cfg["fid_protocols"]),
     )
+
+
+def generated_fid_result(
+    cfg: BatteryConfig,
+    result_file: str | os.PathLike | None,  # the fid_generated rule's JSON, None when it did not run
+    unavailable: Mapping[str, str],  # feature name -> why its network is missing (load_sources)
+) -> dict:
+    """The metrics JSON's fid_generated entry: the rule's result, or why there is none."""
+    if "generated" not in cfg.fid_protocols:
+        return {"missing": not_requested("generated")}
+    if result_file is None:
+        return {"missing": unavailable.get("fid", "the fid_generated rule did not run")}
+    return read_json(result_file)
 
 
 def load_sources(
@@ -113,6 +134,7 @@ def evaluate_run(
     unavailable: Mapping[str, str],
     cfg: BatteryConfig,
     device: torch.device,
+    generated_fid: Mapping[str, Any],  # the fid_generated entry (generated_fid_result)
 ) -> tuple[dict, pd.DataFrame]:
     """The run's metrics (value, ci95 or missing) and a per-image table."""
     rec, nsd_id, attrs = read_reconstructions(reconstructions)
@@ -120,6 +142,7 @@ def evaluate_run(
         raise ValueError(f"{reconstructions}: {rec.shape[0]} reconstructions but {ground_truth.shape[0]} ground-truth images")
     predictions = read_predictions(prediction_files)
     results = evaluate_images(ground_truth, rec, sources, unavailable, predictions, cfg, device)
+    results[FID_PROTOCOLS["generated"]] = dict(generated_fid)
     per_image = pd.DataFrame({"nsd_id": nsd_id})
     for key, result in results.items():
         if "per_image" in result:
@@ -130,6 +153,7 @@ def evaluate_run(
         "metrics": results,
         "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": "percentile, 95 %"},
         "image_side": cfg.image_side,
+        "fid_protocols": list(cfg.fid_protocols),
         "directions": {m.key: ("higher" if m.higher_is_better else "lower") + " is better" for m in METRICS},
     }
     return summary, per_image
