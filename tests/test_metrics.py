@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.ndimage
+import torch
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
@@ -142,10 +144,32 @@ def test_ssim_matches_scikit_image_true_2d_ssim():
 
 
 def test_ssim_compares_at_425_by_default():
+    # Pixel noise and its blur at 32 px: SSIM's 11-pixel Gaussian window sees single pixels at
+    # 32 px but 13-pixel blocks at 425 px, so the score depends on the side.
     rng = np.random.default_rng(8)
-    gt = _images(rng, 1, 32)
-    assert metrics.ssim(gt, gt) == pytest.approx(1.0)
+    gt = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    rec = scipy.ndimage.gaussian_filter(gt.astype(float), sigma=(0, 1, 1, 0)).astype(np.uint8)
+
+    def skimage_ssim(a, b, side):
+        def resized(x):  # antialiased bilinear, once, straight to the side
+            t = torch.from_numpy(x / 255.0).permute(0, 3, 1, 2)
+            t = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", antialias=True)
+            return t.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+        ra, rb = resized(a), resized(b)
+        return np.mean(
+            [
+                structural_similarity(
+                    rgb2gray(x), rgb2gray(y), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+                )
+                for x, y in zip(ra, rb)
+            ]
+        )
+
+    at_425, at_32 = skimage_ssim(gt, rec, 425), skimage_ssim(gt, rec, 32)
+    assert abs(at_425 - at_32) > 0.05  # the side matters for these images
     assert metrics.EVAL_SIDE == 425
+    assert metrics.ssim(gt, rec) == pytest.approx(at_425, abs=1e-4)
 
 
 def test_retrieval_perfect_and_chance():
