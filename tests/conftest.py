@@ -55,6 +55,62 @@ TINY_CLIP = {
 }
 
 
+# The whole workflow at toy size (rule all: synthetic NSD -> every table, fig3, every figure),
+# run once per test session by the ``tiny_run`` fixture and read by the workflow tests. Two
+# subjects; on subj01 every ablation axis of the paper (conditioning, initialisation, training
+# strategy, mapper loss) and all three mappers on both subjects for the comparison table. The
+# demo CLIP trains long enough (seconds) for its retrieval to be far above chance.
+TINY_RUN = {
+    # 24 test images (chance 1/24) and 800 training images per subject, at TINY's brain size.
+    "synthetic": {"n_shared": 24, "n_specific": 400, "trials_per_session": 424},
+    "clip": {
+        **TINY_CLIP,
+        "demo": {
+            **TINY_CLIP["demo"],
+            "embed_dim": 32,
+            "vision_width": 16,
+            "text_width": 64,
+            "text_layers": 2,
+            "steps": 300,
+            "batch_size": 64,
+        },
+    },
+    "mappers": {
+        "cnn": {"hidden": 4, "blocks": 1, "head_hidden": 8, "pad_multiple": 32},
+        "mlp": {"hidden": 32, "blocks": 1, "dropout_in": 0.5, "dropout": 0.15},
+        "train": {"epochs": 3},
+    },
+    "generator": {
+        "resolution": 16,
+        "z_dim": 8,
+        "w_dim": 8,
+        "mapping_layers": 1,
+        "channel_base": 64,
+        "channel_max": 8,
+        "branch_width": 8,
+        "mbstd_group_size": 2,
+        "batch": 8,
+        "r1_interval": 2,
+        "pl_interval": 2,
+        "checkpoint_kimg": 0.0,
+        "sample_kimg": 0.0,
+        "log_steps": 1,
+        "threads": 1,
+        "pretrain": {"kimg": 0.032},
+        "finetune": {"kimg": 0.016},
+    },
+    "evaluation": {"bootstrap": 100, "bootstrap_fd": 20, "threads": 1},
+    "ablations": {
+        "main": {"mapper": "cnn", "loss": "mse_cos_contrastive", "variant": "img+cap", "strategy": "finetune"},
+        "subjects": ["subj01"],
+        "variants": ["img", "cap", "img+cap", "avg"],
+        "strategies": ["finetune", "scratch", "e2e"],
+        "losses": ["mse_cos", "mse_cos_contrastive"],
+        "mappers": ["cnn", "ridge", "mlp"],
+    },
+}
+
+
 def deep_update(base: dict, overrides: dict) -> dict:
     """``base`` with ``overrides`` merged in, nested dicts key by key (returns a new dict)."""
     merged = copy.deepcopy(base)
@@ -123,6 +179,14 @@ def parse_workflow(configfile: Path):
             workdir=scratch_workdir(),
         )
         return workflow._workflow
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The working directory of one tiny run of the whole workflow (``TINY_RUN``), made once."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    run_snakemake(workdir, [], tiny_config(**TINY_RUN))
+    return workdir
 
 
 @pytest.fixture

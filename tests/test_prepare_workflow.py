@@ -23,20 +23,6 @@ def real_tree_config(root) -> dict:
     return tiny_config(nsd_root=str(root), synthetic={"enabled": False}, prepare={"sessions": SESSIONS})
 
 
-def test_prepare_two_synthetic_subjects(tmp_path):
-    config = tiny_config()
-    targets = ["results/prepared/subj01.h5", "results/prepared/subj02.h5"]
-    run_snakemake(tmp_path, targets, config)
-    for subject, target in zip(("subj01", "subj02"), targets):
-        with h5py.File(tmp_path / target) as h5:
-            assert h5.attrs["subject"] == subject and h5.attrs["sessions"] == config["prepare"]["sessions"]
-            train, test = h5["train/betas"][()], h5["test/betas"][()]
-            assert train.shape[1] == test.shape[1] == h5.attrs["n_voxels"] == len(h5["voxel_xyz"])
-            assert np.isfinite(train).all() and np.isfinite(test).all()
-            assert not set(h5["train/nsd_id"][()]) & set(h5["test/nsd_id"][()])
-        assert (tmp_path / target.replace(".h5", ".provenance.json")).exists()
-
-
 def test_rule_on_a_real_layout_tree_equals_the_library(tmp_path):
     root = tmp_path / "nsd"
     write_tiny_tree(root, formats=("hdf5",))

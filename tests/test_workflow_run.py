@@ -1,0 +1,222 @@
+"""The whole workflow once, at toy size (conftest.TINY_RUN through `snakemake`, rule all): each
+stage's outputs as the next stage and the user read them, the science the demo must show (the
+demo CLIP and the ridge mapper far above chance, a shuffled-brain control not), the HTML report,
+and what a single figure's target plans."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_RUN, run_snakemake, tiny_config
+
+from mindreader.io import read_json
+from mindreader.mappers import load_mapper
+from mindreader.mappers.data import validation_mask
+from mindreader.mappers.retrieval import embedding_metrics
+from mindreader.mappers.ridge import fit_ridge
+from mindreader.names import MAPPER_OUTPUT_FILES, TABLE_NAMES
+from mindreader.nsd import NSD
+
+pytestmark = pytest.mark.workflow
+
+CONFIG = tiny_config(**TINY_RUN)
+SUBJECTS = CONFIG["subjects"]
+MAIN = "subj01/cnn/mse_cos_contrastive"
+# (variant, strategy) -> (the conditions read, heads of G and D)
+GENERATOR_RUNS = {
+    ("img+cap", "finetune"): (["img", "cap"], 2),
+    ("img", "finetune"): (["img"], 1),
+    ("cap", "finetune"): (["cap"], 1),
+    ("avg", "finetune"): (["img", "cap"], 1),  # the mean of both predictions as one condition
+    ("img+cap", "scratch"): (["img", "cap"], 2),
+    ("img+cap", "e2e"): (["img", "cap"], 2),
+}
+MAPPER_FOLDERS = [
+    "subj01/cnn/mse_cos_contrastive/img",
+    "subj01/cnn/mse_cos_contrastive/cap",
+    "subj02/ridge/mse/img",
+    "subj02/mlp/mse_cos_contrastive/cap",
+]
+FIGURES = ("fig3", "metrics_conditioning", "subj01/reconstructions", "subj01/training_curves", "subj01/retrieval")
+
+
+def test_prepared_subjects(tiny_run):
+    for subject in SUBJECTS:
+        target = tiny_run / f"results/prepared/{subject}.h5"
+        with h5py.File(target) as h5:
+            assert h5.attrs["subject"] == subject and h5.attrs["sessions"] == CONFIG["prepare"]["sessions"]
+            train, test = h5["train/betas"][()], h5["test/betas"][()]
+            assert train.shape[1] == test.shape[1] == h5.attrs["n_voxels"] == len(h5["voxel_xyz"])
+            assert np.isfinite(train).all() and np.isfinite(test).all()
+            assert not set(h5["train/nsd_id"][()]) & set(h5["test/nsd_id"][()])
+            assert len(h5["test/nsd_id"]) == CONFIG["synthetic"]["n_shared"]
+        assert target.with_suffix(".provenance.json").exists()
+
+
+def test_clip_embeds_every_seen_image_once_and_screens_captions(tiny_run):
+    nsd = NSD(tiny_run / CONFIG["nsd_root"])
+    seen = np.unique(np.concatenate([nsd.subject_images(s, CONFIG["prepare"]["sessions"]) for s in SUBJECTS]))
+    dim = CONFIG["clip"]["demo"]["embed_dim"]
+    with h5py.File(tiny_run / "results/clip/images.h5") as f:
+        np.testing.assert_array_equal(f["nsd_id"][()], seen)  # shared images once, ascending
+        assert f["raw"].shape == f["target"].shape == (len(seen), dim)
+        np.testing.assert_allclose(np.linalg.norm(f["target"][()], axis=1), 1.0, rtol=1e-5)
+        assert f.attrs["model"].startswith("local-dir:") and f.attrs["n_aug"] == 0
+    with h5py.File(tiny_run / "results/clip/captions.h5") as f:
+        np.testing.assert_array_equal(f["nsd_id"][()], seen)
+        all_ids, all_scores = f["all/nsd_id"][()], f["all/score"][()]
+        np.testing.assert_allclose(f["score"][()], [all_scores[all_ids == i].max() for i in seen], rtol=1e-6)
+    table = pd.read_csv(tiny_run / "results/clip/captions_selected.tsv", sep="\t")
+    assert len(table) == len(seen) and table["caption"].str.len().min() > 0
+
+    metrics = json.loads((tiny_run / "results/clip/demo/metrics.json").read_text())
+    test_ids = set()
+    for subject in SUBJECTS:
+        with h5py.File(tiny_run / f"results/prepared/{subject}.h5") as f:
+            test_ids |= set(f["test/nsd_id"][()].tolist())
+    assert metrics["heldout"]["n"] == len(test_ids) and metrics["steps"] == CONFIG["clip"]["demo"]["steps"]
+    assert metrics["n_train_images"] == len(set(seen.tolist()) - test_ids)  # no test image in training
+
+
+def test_mapper_folders(tiny_run):
+    for folder in MAPPER_FOLDERS:
+        out = tiny_run / "results/mappers" / folder
+        subject = folder.split("/")[0]
+        assert all((out / name).is_file() for name in MAPPER_OUTPUT_FILES), folder
+        assert (out / "provenance.json").is_file()
+        with h5py.File(tiny_run / f"results/prepared/{subject}.h5") as f, h5py.File(out / "pred_test.h5") as p:
+            assert np.array_equal(p["nsd_id"][()], f["test/nsd_id"][()])
+            assert p["pred"].shape == (len(f["test/nsd_id"]), CONFIG["clip"]["demo"]["embed_dim"])
+            n_voxels = f["train/betas"].shape[1]
+        model = load_mapper(out)
+        assert model.n_voxels == n_voxels and model.embed_dim == CONFIG["clip"]["demo"]["embed_dim"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["subject"] == subject and 0.0 <= metrics["retrieval"]["all"]["image_retrieval"] <= 1.0
+        assert (tiny_run / f"results/benchmarks/mappers/{folder}.tsv").is_file()
+    assert not any((tiny_run / "results/checkpoints").rglob("state.json"))  # removed once outputs exist
+
+
+def test_a_ridge_mapper_with_another_loss_is_refused_with_a_clear_error(tiny_run):
+    target = "results/mappers/subj01/ridge/cos/img/metrics.json"
+    result = run_snakemake(tiny_run, [target], CONFIG, check=False)
+    assert result.returncode != 0
+    assert "its loss must be 'mse', got 'cos'" in (tiny_run / "results/logs/mappers/subj01/ridge/cos/img.log").read_text()
+    folder = tiny_run / "results/mappers/subj01/ridge/cos/img"
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_generator_runs(tiny_run):
+    with h5py.File(tiny_run / "results/prepared/subj01.h5") as f:
+        test_ids = f["test/nsd_id"][()]
+    side = CONFIG["generator"]["resolution"]
+    pretrained = read_json(tiny_run / "results/generator/pretrained/network.json")
+    assert pretrained["conditions"] == ["img"] and pretrained["steps"] == 4
+    for (variant, strategy), (conditions, heads) in GENERATOR_RUNS.items():
+        with h5py.File(tiny_run / f"results/reconstructions/{MAIN}/{variant}/{strategy}.h5") as f:
+            assert f["images"].shape == (len(test_ids), side, side, 3) and f["images"].dtype == np.uint8
+            np.testing.assert_array_equal(f["nsd_id"][()], test_ids)
+            assert f.attrs["z_policy"] == "random" and f.attrs["resolution"] == side
+        pngs = tiny_run / f"results/reconstructions/{MAIN}/{variant}/{strategy}_png"
+        assert len(list(pngs.glob("*.png"))) == len(test_ids)
+        run = tiny_run / f"results/generator/{MAIN}/{variant}/{strategy}"
+        network = read_json(run / "network.json")
+        assert network["conditions"] == conditions and network["init"] == ("pretrain" if strategy != "scratch" else None)
+        assert network["generator"]["n_conditions"] == network["discriminator"]["n_conditions"] == heads
+        with open(run / "losses.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and "Loss/G/itc/0" in rows[0]
+        assert (run / "samples.png").is_file() and (run / "provenance.json").is_file()
+        assert not (tiny_run / f"results/checkpoints/generator/{MAIN}/{variant}/{strategy}").exists()
+    with h5py.File(tiny_run / f"results/generator/{MAIN}/img+cap/e2e/e2e_pred_test.h5") as f:
+        assert f["pred"].shape == f["target"].shape == (len(test_ids), 2, CONFIG["clip"]["demo"]["embed_dim"])
+    with open(tiny_run / f"results/generator/{MAIN}/img+cap/e2e/losses.csv") as f:
+        assert "Loss/M/total" in next(csv.DictReader(f))
+
+
+def test_run_metrics_from_real_reconstructions(tiny_run):
+    with h5py.File(tiny_run / "results/prepared/subj01.h5") as f:
+        test_ids = f["test/nsd_id"][()]
+    summary = read_json(tiny_run / f"results/metrics/{MAIN}/img+cap/finetune.json")
+    assert summary["n_images"] == len(test_ids) and summary["data"]["synthetic"] is True
+    for key in ("pixcorr", "ssim", "clip", "fd_clip", "img_ret", "brain_ret", "cap_ret"):
+        lo, hi = summary["metrics"][key]["ci95"]
+        assert lo <= summary["metrics"][key]["value"] <= hi, key
+    # No weights files in the toy run: these are reported missing, with the reason, never made up.
+    for key in ("fid_paired", "fid_generated", "alex2", "alex5", "incep", "eff", "swav"):
+        assert "value" not in summary["metrics"][key] and summary["metrics"][key]["missing"], key
+    per_image = pd.read_csv(tiny_run / f"results/metrics/{MAIN}/img+cap/finetune.per_image.csv")
+    assert list(per_image["nsd_id"]) == list(test_ids)
+
+
+def test_tables_and_figures(tiny_run):
+    for name in TABLE_NAMES:
+        for ext in ("csv", "md", "tex"):
+            assert (tiny_run / f"results/tables/{name}.{ext}").stat().st_size > 0
+    for name in FIGURES:
+        for ext in ("pdf", "png"):
+            assert (tiny_run / f"results/figures/{name}.{ext}").stat().st_size > 0
+    conditioning = pd.read_csv(tiny_run / "results/tables/conditioning.csv")
+    assert list(conditioning["variant"]) == ["img", "cap", "img+cap", "avg"]
+    assert conditioning["data"].str.contains("SYNTHETIC NSD").all()
+    assert list(pd.read_csv(tiny_run / "results/tables/initialisation.csv")["strategy"]) == ["finetune", "scratch"]
+    assert list(pd.read_csv(tiny_run / "results/tables/training_strategy.csv")["strategy"]) == ["finetune", "e2e"]
+    assert list(pd.read_csv(tiny_run / "results/tables/mapper_losses.csv")["loss"]) == ["mse_cos", "mse_cos_contrastive"]
+    md = (tiny_run / "results/tables/comparison.md").read_text()
+    assert "ours: ridge" in md and "ours: mlp" in md and "[quoted, not measured]" in md and "Not measured (" in md
+    dry = run_snakemake(tiny_run, [], CONFIG, "--dry-run")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_report(tiny_run):
+    report = tiny_run / "report.html"
+    run_snakemake(tiny_run, [], CONFIG, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 10_000
+    for name in ("fig3.png", "retrieval.png", "training_curves.png", "metrics_conditioning.png", "comparison.csv"):
+        assert name in html, name
+
+
+def test_demo_science_clip_and_ridge_far_above_chance_and_a_shuffled_brain_is_not(tiny_run):
+    clip = json.loads((tiny_run / "results/clip/demo/metrics.json").read_text())["heldout"]
+    assert (clip["image_to_caption_top1"] + clip["caption_to_image_top1"]) / 2 > 4 * clip["chance"], clip
+    ridge = json.loads((tiny_run / "results/mappers/subj01/ridge/mse/img/metrics.json").read_text())
+    whole = ridge["retrieval"]["all"]
+    assert (whole["image_retrieval"] + whole["brain_retrieval"]) / 2 > 5 * whole["chance"], whole
+
+    # The same ridge fitted here: on the true targets it is far above chance too; with the
+    # training targets shuffled over the samples (a brain that says nothing) it is not.
+    with h5py.File(tiny_run / "results/prepared/subj01.h5") as f:
+        train_ids, train_x = f["train/nsd_id"][()], f["train/betas"][()]
+        test_ids, test_x = f["test/nsd_id"][()], f["test/betas"][()]
+    with h5py.File(tiny_run / "results/clip/images.h5") as f:
+        row = {int(i): r for r, i in enumerate(f["nsd_id"][()])}
+        targets = f["target"][()]
+    y_train = targets[[row[int(i)] for i in train_ids]]
+    y_test = targets[[row[int(i)] for i in test_ids]]
+    shuffled = y_train[np.random.default_rng(0).permutation(len(y_train))]
+    val = torch.from_numpy(validation_mask(train_ids, 0.15, seed=0))
+    alphas = CONFIG["mappers"]["ridge"]["alphas"]
+    for targets_used, far_above in ((y_train, True), (shuffled, False)):
+        fit = fit_ridge(torch.from_numpy(train_x), torch.from_numpy(targets_used), val, alphas)
+        pred = (torch.from_numpy(test_x) @ fit.weight.T + fit.bias).numpy()
+        hits = embedding_metrics(pred, y_test, test_ids, pool=len(y_test), draws=1, seed=0)["retrieval"]["all"]
+        score = (hits["image_retrieval"] + hits["brain_retrieval"]) / 2
+        assert (score > 5 * hits["chance"]) if far_above else (score < 2.5 * hits["chance"]), (far_above, hits)
+
+
+def test_a_figure_target_plans_only_its_ancestors(tmp_path):
+    dry = run_snakemake(tmp_path, ["results/figures/fig3.pdf"], CONFIG, "--dry-run")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, flags=re.MULTILINE))
+    variants = CONFIG["ablations"]["variants"]
+    assert int(counts["reconstruct"]) == len(variants) and counts["fig3"] == "1"
+    for unrelated in ("evaluate_run", "make_tables", "metric_bars", "training_curves", "retrieval_examples"):
+        assert unrelated not in counts, unrelated
+    # fig3 shows the main mapper's variants on one subject: no ridge, mlp or other-loss mapper.
+    assert int(counts["train_mapper"]) == 2 and int(counts["prepare_subject"]) == len(SUBJECTS)
