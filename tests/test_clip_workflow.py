@@ -3,16 +3,10 @@
 
 from __future__ import annotations
 
-import json
-
-import h5py
-import numpy as np
-import pandas as pd
 import pytest
-from conftest import TINY_CLIP, run_snakemake, tiny_config
+from conftest import run_snakemake, tiny_config
 
 from mindreader import weights
-from mindreader.nsd import NSD
 
 
 def stand_in_weights(cfg, folder):
