@@ -4,6 +4,8 @@ invocation, and every cluster job, parses the rules: importing torch there cost 
 - ``VARIANTS`` / ``get_variant``: the generator's conditioning variants (ablation wildcard).
 - ``MAPPER_OUTPUT_FILES``: the files of one trained mapper's folder.
 - ``ABLATION_TABLES`` / ``TABLE_NAMES``: the paper's tables.
+- ``RECONSTRUCTION_SOURCES`` / ``ORACLE_SUFFIX``: what a run's reconstructions are drawn from.
+- ``SCENE_STAGES`` / ``NO_MAPPER``: the sources (stages) of the information table.
 """
 
 from __future__ import annotations
@@ -58,3 +60,16 @@ ABLATION_TABLES = (
     ("mapper_losses", "loss", "Mapper losses"),
 )
 TABLE_NAMES = tuple(name for name, _, _ in ABLATION_TABLES) + ("comparison",)
+
+# A run's reconstructions come from the brain (the mappers' predicted test embeddings) or, as the
+# generator's ceiling, from the oracle (the test images' true CLIP embeddings through the same
+# G_ema, z and seed); the oracle's files carry this suffix after the strategy.
+RECONSTRUCTION_SOURCES = ("brain", "oracle")
+ORACLE_SUFFIX = "_oracle"
+
+# The stages of the information table (results/tables/scene_recovery.*): probes on the true CLIP
+# embeddings, the same probes on the mappers' predictions, scene recovery of the oracle and of the
+# brain-driven reconstructions (mindreader.evaluation.information). NO_MAPPER: the mapper column
+# of the rows no mapper is involved in (clip).
+SCENE_STAGES = ("clip", "brain_embedding", "oracle", "brain")
+NO_MAPPER = "-"

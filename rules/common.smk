@@ -3,13 +3,14 @@
 # included first; a function that uses another stage's helper is called only when a rule is
 # defined, after the helpers above it exist.
 import hashlib
+import math
 import os
 import re
 
 import yaml
 from snakemake.utils import validate
 
-from mindreader.names import TABLE_NAMES, VARIANTS
+from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, VARIANTS
 from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
@@ -119,6 +120,48 @@ def evaluation_runs():
             run["loss"] = "mse"
         unique[tuple(run[k] for k in RUN_KEYS)] = run
     return list(unique.values())
+
+
+# --- Cluster time limits -----------------------------------------------------------------------
+
+# A partition refuses, at submission, a job that asks for more time than its limit.
+MAX_RUNTIME = config["cluster"]["max_runtime"]
+
+
+def training_runtime(minutes):
+    """Time limit of a training job's attempt: `minutes` (the projected length of the whole
+    training) times the attempt number, then capped by cap_runtimes()."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
+def training_retries(minutes):
+    """Retries of a training job projected to take `minutes`: one per further MAX_RUNTIME chunk it
+    needs (the job stopped at its time limit checkpoints on SIGTERM, the retry resumes), plus the
+    profile's retries for failures. Bounded, so a job that fails for good stops."""
+    # None when the workflow is only parsed (--lint, the API): no job runs then.
+    settings = workflow.execution_settings
+    failures = settings.retries if settings is not None else 0
+    return math.ceil(minutes / MAX_RUNTIME) - 1 + failures
+
+
+def capped_runtime(asked):
+    """A runtime resource: what `asked` (a snakemake Resource) gives, at most MAX_RUNTIME."""
+
+    def evaluate(wildcards, **aux):
+        minutes = asked.evaluate(wildcards, **aux).value
+        # a value still to be determined (TBD: it depends on input not there yet) stays so
+        return min(minutes, MAX_RUNTIME) if isinstance(minutes, int) else minutes
+
+    return evaluate
+
+
+def cap_runtimes(rules):
+    """Cap every rule's time limit at MAX_RUNTIME on every attempt, whoever set it (the rule, the
+    profile's default-resources or set-resources, --set-resources: all in rule.resources once the
+    rule is defined). The Snakefile calls this after the last rule."""
+    for each in rules:
+        if "runtime" in each.resources:
+            each.resources["runtime"] = capped_runtime(each.resources["runtime"])
 
 
 # --- Data (rules/data.smk) ---------------------------------------------------------------------
@@ -313,31 +356,52 @@ def embedding_files(w):
 
 
 def generator_targets():
-    """Every reconstruction the tables need (evaluation_runs() above)."""
+    """Every reconstruction the tables need (evaluation_runs() above), and its oracle's when
+    evaluation.oracle is on."""
+    suffixes = ["", ORACLE_SUFFIX] if config["evaluation"]["oracle"] else [""]
     return [
-        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5".format(
-            **run
+        "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}{suffix}.h5".format(
+            suffix=suffix, **run
         )
         for run in evaluation_runs()
+        for suffix in suffixes
     ]
 
 
-def gpu_runtime(minutes):
-    return lambda wildcards, attempt: minutes * attempt
+def oracle_targets(w):
+    """Condition -> the CLIP targets file whose true embeddings condition a run's oracle (the
+    variant's conditions: images.h5 for img, captions.h5 for cap)."""
+    return {t: CLIP_TARGET_FILES[t] for t in VARIANTS[w.variant].targets}
 
 
 # --- Evaluation and tables (rules/evaluate.smk) ------------------------------------------------
 
 EVAL = config["evaluation"]
 RUN_WILDCARDS = "{subject}/{mapper}/{loss}/{variant}/{strategy}"
+# Every run the tables use also reconstructed from the test images' true CLIP embeddings.
+ORACLE = EVAL["oracle"]
+
+
+def with_oracle(outputs_for):
+    """A rule's named outputs: outputs_for("") (the run's), then, when evaluation.oracle is on,
+    outputs_for(ORACLE_SUFFIX) (its oracle's) with each name prefixed oracle_."""
+    outputs = dict(outputs_for(""))
+    if ORACLE:
+        outputs.update(
+            {f"oracle_{k}": v for k, v in outputs_for(ORACLE_SUFFIX).items()}
+        )
+    return outputs
 
 
 def run_path(prefix, suffix, run):
     return f"{prefix}/{RUN_WILDCARDS}{suffix}".format(**run)
 
 
-def metrics_files():
-    return [run_path("results/metrics", ".json", run) for run in evaluation_runs()]
+def metrics_files(suffix=""):
+    """Each run's metrics JSON; suffix ORACLE_SUFFIX: its oracle's."""
+    return [
+        run_path("results/metrics", f"{suffix}.json", run) for run in evaluation_runs()
+    ]
 
 
 def evaluation_predictions(w):
@@ -359,15 +423,18 @@ def evaluation_clip_files():
     return clip_model_files() if EVAL["clip"] is None else []
 
 
-def generated_fid_files(w):
-    """The run's generated-sample FID (rule fid_generated), when evaluation.fid_protocols asks for
-    it and the FID network's weights file is there; without it evaluate_run reports the metric
-    missing, and weights_present reruns the evaluation once the file appears."""
+def generated_fid_files(w, suffix=""):
+    """The run's generated-sample FID (made by fid_generated), or with suffix ORACLE_SUFFIX its
+    oracle's (made by fid_generated_oracle), when evaluation.fid_protocols asks for it and the FID
+    network's weights file is there; without it evaluate_run reports the metric missing, and
+    weights_present reruns the evaluation once the file appears."""
     if "generated" not in EVAL["fid_protocols"]:
         return []
     if not os.path.isfile(EVAL["networks"]["inception_fid"]["weights"]):
         return []
-    return [run_path("results/metrics", ".fid_generated.json", dict(w.items()))]
+    return [
+        run_path("results/metrics", f"{suffix}.fid_generated.json", dict(w.items()))
+    ]
 
 
 def weights_present():
@@ -391,11 +458,63 @@ def data_description():
 
 
 def evaluation_targets():
-    """Every table and figure (for the default target); the per-run metrics come with them."""
-    tables = expand(
-        "results/tables/{name}.{ext}", name=TABLE_NAMES, ext=("csv", "md", "tex")
-    )
+    """Every table and figure (for the default target); the per-run metrics come with them. The
+    information table only on the synthetic NSD: planted truth (scenes.json) exists only there.
+    """
+    names = [*TABLE_NAMES, *(["scene_recovery"] if SYNTHETIC else [])]
+    tables = expand("results/tables/{name}.{ext}", name=names, ext=("csv", "md", "tex"))
     return tables + figure_targets()
+
+
+def scene_recovery_runs():
+    """Runs of the information table: the main setting per subject and mapper (the comparison
+    table's runs) and the conditioning variants on the ablation subjects."""
+    runs = [
+        main_run(subject, mapper=mapper)
+        for subject in SUBJECTS
+        for mapper in dict.fromkeys([MAIN["mapper"], *config["ablations"]["mappers"]])
+    ]
+    runs += [
+        main_run(subject, variant=variant)
+        for subject in config["ablations"]["subjects"]
+        if subject in SUBJECTS
+        for variant in config["ablations"]["variants"]
+    ]
+    return list({tuple(run[k] for k in RUN_KEYS): run for run in runs}.values())
+
+
+def scene_recovery_inputs():
+    """What the information table reads (mindreader.evaluation.information.information_frame):
+    per subject its prepared file; the CLIP targets; each run's mappers' predicted test
+    embeddings; each run's brain-driven and (evaluation.oracle) oracle reconstructions.
+    """
+    runs = scene_recovery_runs()
+    mappers = {(r["subject"], r["mapper"], r["loss"]) for r in runs}
+    # in the order of the stages: the oracle, then the brain
+    sources = [("oracle", ORACLE_SUFFIX), ("brain", "")] if ORACLE else [("brain", "")]
+    return {
+        "prepared": {s: f"results/prepared/{s}.h5" for s in SUBJECTS},
+        "clip_files": CLIP_TARGET_FILES,
+        "predictions": [
+            {
+                "subject": subject,
+                "mapper": mapper,
+                "target": target,
+                "path": f"{MAPPER_DIR.format(subject=subject, mapper=mapper, loss=loss, target=target)}/pred_test.h5",
+            }
+            for subject, mapper, loss in sorted(mappers)
+            for target in MAPPER_TARGETS
+        ],
+        "reconstructions": [
+            {
+                **{k: run[k] for k in ("subject", "mapper", "variant")},
+                "source": source,
+                "path": run_path("results/reconstructions", f"{suffix}.h5", run),
+            }
+            for run in runs
+            for source, suffix in sources
+        ],
+    }
 
 
 # --- Figures and the report (rules/report.smk) -------------------------------------------------
@@ -418,8 +537,20 @@ def reconstruction_file(run):
 
 
 def fig3_rows():
-    """(label, reconstructions file) per conditioning variant of the ablation subject."""
-    return [
+    """(label, reconstructions file) per conditioning variant of the ablation subject, after the
+    main variant's oracle (evaluation.oracle): its reconstructions from the true embeddings.
+    """
+    oracle = [
+        (
+            f"oracle ({MAIN['variant']}, true embeddings)",
+            run_path(
+                "results/reconstructions",
+                f"{ORACLE_SUFFIX}.h5",
+                main_run(FIGURE_SUBJECT),
+            ),
+        )
+    ]
+    return (oracle if ORACLE else []) + [
         (v, reconstruction_file(main_run(FIGURE_SUBJECT, variant=v)))
         for v in config["ablations"]["variants"]
     ]
@@ -440,11 +571,16 @@ def figure_targets():
         figure=("reconstructions", "training_curves", "retrieval"),
         ext=("pdf", "png"),
     )
+    scene_recovery = ["scene_recovery"] if SYNTHETIC else []
     return [
         "results/figures/fig3.pdf",
         "results/figures/fig3.png",
         *per_subject,
-    ] + expand("results/figures/metrics_conditioning.{ext}", ext=("pdf", "png"))
+    ] + expand(
+        "results/figures/{name}.{ext}",
+        name=["metrics_conditioning", *scene_recovery],
+        ext=("pdf", "png"),
+    )
 
 
 def figure_png(path, caption, subcategory):

@@ -3,23 +3,40 @@
 # Reader reports (generated samples vs the test images) needs the generator: rule fid_generated.
 # The battery's network weights are not inputs: a missing file makes its metrics "missing" (with
 # the reason) instead of stopping the workflow; `params.weights_present` reruns a run's
-# evaluation when a weights file appears.
+# evaluation when a weights file appears. Each run's oracle (evaluation.oracle: its G_ema from the
+# true embeddings) is evaluated the same way, beside it in the tables. On the synthetic NSD the
+# information table scores where the planted scene is lost (scene_recovery_table).
 from mindreader.names import TABLE_NAMES
 from mindreader.nsd.paths import STIMULI_RELPATH
+from mindreader.synth import SCENES_RELPATH
 
 # Helper functions and EVAL, RUN_WILDCARDS: rules/common.smk.
 
 
+# One job evaluates the run's reconstructions and (evaluation.oracle) its oracle's: the same
+# metrics, retrieval (of the predicted embeddings) reported not applicable to the oracle.
 rule evaluate_run:
     input:
         reconstructions=f"results/reconstructions/{RUN_WILDCARDS}.h5",
+        oracle_reconstructions=(
+            f"results/reconstructions/{RUN_WILDCARDS}{ORACLE_SUFFIX}.h5"
+            if ORACLE
+            else []
+        ),
         predictions=lambda w: sorted(set(evaluation_predictions(w).values())),
         nsd=nsd_inputs(STIMULI_RELPATH),
         clip=evaluation_clip_files(),
         fid_generated=generated_fid_files,
+        oracle_fid_generated=lambda w: (
+            generated_fid_files(w, ORACLE_SUFFIX) if ORACLE else []
+        ),
     output:
-        json=f"results/metrics/{RUN_WILDCARDS}.json",
-        per_image=f"results/metrics/{RUN_WILDCARDS}.per_image.csv",
+        **with_oracle(
+            lambda suffix: {
+                "json": f"results/metrics/{RUN_WILDCARDS}{suffix}.json",
+                "per_image": f"results/metrics/{RUN_WILDCARDS}{suffix}.per_image.csv",
+            }
+        ),
     log:
         f"results/logs/evaluate/{RUN_WILDCARDS}.log",
     benchmark:
@@ -57,8 +74,27 @@ rule fid_generated:
     threads: EVAL["threads"]
     resources:
         mem_mb=8000,
+    params:
+        true_targets=None,
     script:
         "../scripts/fid_generated.py"
+
+
+use rule fid_generated as fid_generated_oracle with:
+    input:
+        network=f"{RUN}/network.json",
+        weights=f"{RUN}/G_ema.safetensors",
+        predictions=run_predictions,
+        nsd=nsd_inputs(STIMULI_RELPATH),
+        true_targets=lambda w: list(oracle_targets(w).values()),
+    output:
+        json=f"results/metrics/{RUN_WILDCARDS}{ORACLE_SUFFIX}.fid_generated.json",
+    log:
+        f"results/logs/evaluate/{RUN_WILDCARDS}{ORACLE_SUFFIX}.fid_generated.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{RUN_WILDCARDS}{ORACLE_SUFFIX}.fid_generated.tsv"
+    params:
+        true_targets=oracle_targets,
 
 
 # Cheap CPU job: runs on the submitting host, no cluster job (hence no benchmark).
@@ -69,6 +105,7 @@ localrules:
 rule make_tables:
     input:
         metrics=metrics_files(),
+        oracle_metrics=metrics_files(ORACLE_SUFFIX) if ORACLE else [],
     output:
         **{
             f"{name}_{ext}": (
@@ -93,3 +130,42 @@ rule make_tables:
         data=data_description(),
     script:
         "../scripts/make_tables.py"
+
+
+# Where the planted scene is lost (synthetic NSD only: scenes.json is its planted truth): per
+# factor, probes on the true and the predicted CLIP embeddings, scene recovery of the oracle and
+# the brain-driven reconstructions (mindreader.evaluation.information).
+rule scene_recovery_table:
+    input:
+        nsd=nsd_inputs(SCENES_RELPATH),
+        prepared=list(scene_recovery_inputs()["prepared"].values()),
+        clip=list(scene_recovery_inputs()["clip_files"].values()),
+        predictions=[p["path"] for p in scene_recovery_inputs()["predictions"]],
+        reconstructions=[r["path"] for r in scene_recovery_inputs()["reconstructions"]],
+    output:
+        csv=report(
+            "results/tables/scene_recovery.csv",
+            caption="report/table_scene_recovery.rst",
+            category="4. Tables",
+            subcategory="information",
+        ),
+        md="results/tables/scene_recovery.md",
+        tex="results/tables/scene_recovery.tex",
+    log:
+        "results/logs/scene_recovery_table.log",
+    benchmark:
+        "results/benchmarks/scene_recovery_table.tsv"
+    conda:
+        "../envs/metrics.yaml"
+    threads: EVAL["threads"]
+    resources:
+        mem_mb=8000,
+    params:
+        **scene_recovery_inputs(),
+        data=data_description(),
+        title=f"Where the planted scene is lost: per factor, what the CLIP space holds (clip), what "
+        f"the brain mapping keeps (brain_embedding), what the generator draws from the true (oracle) "
+        f"and the predicted (brain) embeddings (loss {MAIN['loss']} (ridge: mse), strategy "
+        f"{MAIN['strategy']})",
+    script:
+        "../scripts/scene_recovery_table.py"

@@ -2,7 +2,9 @@
 # fine-tuning per subject x mapper x loss x variant x strategy on the frozen mappers' predicted
 # embeddings (or end to end), and reconstruction of every test sample.
 # Checkpoints live under results/checkpoints/generator/ (not outputs: a failed job keeps them,
-# and the rerun resumes). generator.gpus > 1 runs one job on several GPUs with torchrun.
+# and the rerun resumes). A training longer than cluster.max_runtime runs as several jobs, each
+# resuming where the one stopped at its time limit left off (training_retries: common.smk).
+# generator.gpus > 1 runs one job on several GPUs with torchrun.
 from mindreader.nsd.paths import STIMULI_RELPATH
 
 # Helper functions and GEN, NETWORK_FILES, PRETRAINED, RUN, and INIT_FOLDER (where fine-tuning
@@ -21,13 +23,14 @@ rule pretrain_generator:
         "results/logs/generator/pretrain.log",
     benchmark:
         "results/benchmarks/generator/pretrain.tsv"
+    retries: training_retries(GEN["pretrain"]["runtime"])
     conda:
         "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
         mem_mb=GEN["pretrain"]["mem_mb"],
-        runtime=gpu_runtime(GEN["pretrain"]["runtime"]),
+        runtime=training_runtime(GEN["pretrain"]["runtime"]),
     params:
         stage="pretrain",
         checkpoint_dir="results/checkpoints/generator/pretrained",
@@ -72,13 +75,14 @@ rule finetune_generator:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
     wildcard_constraints:
         strategy="finetune|scratch",
+    retries: training_retries(GEN["finetune"]["runtime"])
     conda:
         "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
         mem_mb=GEN["finetune"]["mem_mb"],
-        runtime=gpu_runtime(GEN["finetune"]["runtime"]),
+        runtime=training_runtime(GEN["finetune"]["runtime"]),
     params:
         stage="finetune",
         init=GENERATOR_INIT,
@@ -111,13 +115,14 @@ rule finetune_e2e:
         "results/benchmarks/generator/finetune/{subject}/{mapper}/{loss}/{variant}/{strategy}.tsv"
     wildcard_constraints:
         strategy="e2e",
+    retries: training_retries(GEN["finetune"]["runtime"])
     conda:
         "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
         mem_mb=GEN["finetune"]["mem_mb"],
-        runtime=gpu_runtime(GEN["finetune"]["runtime"]),
+        runtime=training_runtime(GEN["finetune"]["runtime"]),
     params:
         stage="e2e",
         init=GENERATOR_INIT,
@@ -128,15 +133,24 @@ rule finetune_e2e:
         "../scripts/train_generator.py"
 
 
+# The run's reconstructions and, when evaluation.oracle is on, its oracle's: the same G_ema, z
+# policy and seed drawing the test images from their TRUE CLIP embeddings (no brain: the
+# generator's ceiling; the two differ only in the condition). One job makes both (one start, one
+# G_ema load); the predictions give the oracle only the test samples and their order.
 rule reconstruct:
     input:
         network=f"{RUN}/network.json",
         weights=f"{RUN}/G_ema.safetensors",
         predictions=run_predictions,
+        true_targets=lambda w: list(oracle_targets(w).values()) if ORACLE else [],
     output:
-        h5="results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}.h5",
-        png=directory(
-            "results/reconstructions/{subject}/{mapper}/{loss}/{variant}/{strategy}_png"
+        **with_oracle(
+            lambda suffix: {
+                "h5": f"results/reconstructions/{RUN_WILDCARDS}{suffix}.h5",
+                "png": directory(
+                    f"results/reconstructions/{RUN_WILDCARDS}{suffix}_png"
+                ),
+            }
         ),
     log:
         "results/logs/generator/reconstruct/{subject}/{mapper}/{loss}/{variant}/{strategy}.log",
@@ -147,5 +161,7 @@ rule reconstruct:
     threads: GEN["threads"]
     resources:
         mem_mb=4000,
+    params:
+        true_targets=lambda w: oracle_targets(w) if ORACLE else None,
     script:
         "../scripts/reconstruct.py"

@@ -17,6 +17,7 @@ localrules:
     training_curves,
     retrieval_examples,
     metric_bars,
+    scene_recovery_figure,
 
 
 rule fig3:
@@ -33,7 +34,12 @@ rule fig3:
     params:
         labels=[label for label, _ in fig3_rows()],
         title=f"Reconstructions of {FIGURE_SUBJECT}'s test images per conditioning variant "
-        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
+        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})"
+        + (
+            f"; oracle: the {MAIN['variant']} generator from the true CLIP embeddings"
+            if ORACLE
+            else ""
+        ),
     script:
         "../scripts/plot_reconstructions.py"
 
@@ -135,3 +141,30 @@ rule metric_bars:
         f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
     script:
         "../scripts/plot_metric_bars.py"
+
+
+# The information table's factors across the stages, one panel per mapper of the figure subject's
+# main setting; the probe stages read the main variant's first embedding.
+rule scene_recovery_figure:
+    input:
+        table="results/tables/scene_recovery.csv",
+    output:
+        pdf="results/figures/scene_recovery.pdf",
+        png=figure_png(
+            "results/figures/scene_recovery.png",
+            "report/scene_recovery.rst",
+            "information",
+        ),
+    log:
+        "results/logs/figures/scene_recovery.log",
+    conda:
+        "../envs/plots.yaml"
+    params:
+        subject=FIGURE_SUBJECT,
+        mappers=list(dict.fromkeys([MAIN["mapper"], *config["ablations"]["mappers"]])),
+        variant=MAIN["variant"],
+        embedding=VARIANTS[MAIN["variant"]].targets[0],
+        title=f"{FIGURE_SUBJECT}: where the planted scene is lost (variant {MAIN['variant']}; probes "
+        f"on the {VARIANTS[MAIN['variant']].targets[0]} embedding); 95 % bootstrap CIs",
+    script:
+        "../scripts/plot_scene_recovery.py"

@@ -1,6 +1,7 @@
-"""Snakemake script of rule fid_generated: the FID Mind Reader reports (StyleGAN2-ADA's fid50k_full
-protocol: generated samples vs the test images) for one run -> a small JSON that evaluate_run puts
-into the run's metrics."""
+"""Snakemake script of rules fid_generated and fid_generated_oracle: the FID Mind Reader reports
+(StyleGAN2-ADA's fid50k_full protocol: generated samples vs the test images) for one run, or for
+its oracle (conditioned on the true embeddings) -> a small JSON that evaluate_run (evaluate_oracle)
+puts into the metrics."""
 
 import logging
 import os
@@ -31,6 +32,7 @@ try:
             eval_cfg["batch_size"],
             config["seed"],
             device,
+            sm.params.true_targets,
         )
     write_json(sm.output.json, {**result, "run": dict(sm.wildcards.items())})
 except Exception:

@@ -1,4 +1,5 @@
-"""Snakemake script of rule make_tables: the per-run metrics JSONs -> results/tables/*.csv|md|tex."""
+"""Snakemake script of rule make_tables: the per-run metrics JSONs (and their oracles') ->
+results/tables/*.csv|md|tex."""
 
 import logging
 from pathlib import Path
@@ -11,7 +12,9 @@ from mindreader.runtime import setup_logging
 sm = snakemake  # noqa: F821 (snakemake is injected by the script directive)
 setup_logging(sm.log[0])
 log = logging.getLogger("make_tables")
-runs = [{**run, "summary": read_json(path)} for run, path in zip(sm.params.runs, sm.input.metrics)]
+runs = [{**run, "source": "brain", "summary": read_json(path)} for run, path in zip(sm.params.runs, sm.input.metrics)]
+# each run's oracle (evaluation.oracle; none when it is off)
+runs += [{**run, "source": "oracle", "summary": read_json(path)} for run, path in zip(sm.params.runs, sm.input.oracle_metrics)]
 folder = Path(sm.output[0]).parent
 for table in all_tables(runs, sm.config["ablations"], sm.params.data):
     for path in write_table(table, folder):

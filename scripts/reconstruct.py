@@ -1,4 +1,6 @@
-"""Snakemake script of rule reconstruct: a run's G_ema + predicted test embeddings -> images."""
+"""Snakemake script of rule reconstruct: a run's G_ema + predicted test embeddings -> images, and
+(evaluation.oracle) the same G_ema, z and seed + the same test samples' true CLIP embeddings ->
+the oracle's images."""
 
 import logging
 import os
@@ -11,18 +13,25 @@ sm = snakemake  # noqa: F821 (snakemake is injected by the script directive)
 setup_logging(sm.log[0])
 config, rec = sm.config, sm.config["generator"]["reconstruct"]
 set_threads(sm.threads)
-try:
-    reconstruct(
-        os.path.dirname(sm.input.network),
-        list(sm.input.predictions),
-        sm.output.h5,
-        rec["z_policy"],
-        rec["seed"],
-        select_device(config["device"]),
-        rec["batch"],
-    )
-    write_pngs(sm.output.h5, sm.output.png)
-except Exception:
-    logging.getLogger("reconstruct").exception("reconstruction failed")
-    raise
-write_provenance(sm.output.h5, config, rec["seed"], z_policy=rec["z_policy"])
+device = select_device(config["device"])
+# (source, true-embedding files or None for the predictions, output file, PNG folder)
+outputs = [("brain", None, sm.output.h5, sm.output.png)]
+if "oracle_h5" in sm.output.keys():
+    outputs.append(("oracle", sm.params.true_targets, sm.output.oracle_h5, sm.output.oracle_png))
+for source, true_targets, h5, png in outputs:
+    try:
+        reconstruct(
+            os.path.dirname(sm.input.network),
+            list(sm.input.predictions),
+            h5,
+            rec["z_policy"],
+            rec["seed"],
+            device,
+            rec["batch"],
+            true_targets,
+        )
+        write_pngs(h5, png)
+    except Exception:
+        logging.getLogger("reconstruct").exception("%s reconstruction failed", source)
+        raise
+    write_provenance(h5, config, rec["seed"], z_policy=rec["z_policy"], source=source)

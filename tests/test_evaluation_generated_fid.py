@@ -197,6 +197,24 @@ def test_generated_fid_of_a_run_uses_its_test_predictions_and_test_images(tmp_pa
     assert result["value"] == pytest.approx(_reference_fid(fake_features, real_features), rel=1e-6, abs=0)
 
 
+def test_the_oracle_generated_fid_conditions_on_the_true_embeddings(tmp_path, inception):
+    nsd_id = np.array([7, 2, 5])
+    run, files, _, _ = _write_run(tmp_path, nsd_id)
+    rng = np.random.default_rng(4)
+    true = {t: rng.standard_normal((10, C_DIM)).astype(np.float32) for t in ("img", "cap")}
+    for target, table in true.items():
+        with h5py.File(tmp_path / f"{target}_true.h5", "w") as f:
+            f["nsd_id"], f["target"] = np.arange(10), table
+    oracle = {t: tmp_path / f"{t}_true.h5" for t in true}
+    with GeneratorCalls() as calls:
+        result = evaluate_generated_fid(
+            run, files, tmp_path / "nsd", inception, "test_set", 3, 5, torch.device("cpu"), oracle
+        )
+    expected = np.stack([true["img"][nsd_id], true["cap"][nsd_id]], axis=1)
+    torch.testing.assert_close(torch.cat(calls.c), F.normalize(torch.from_numpy(expected), dim=-1))
+    assert result["n_generated"] == 3 and "normalised TRUE embedding" in result["protocol"]
+
+
 def test_the_generated_fid_entry_says_why_it_is_missing(tmp_path):
     paired_only = dataclasses.replace(CFG, fid_protocols=("paired",))
     assert "not requested" in generated_fid_result(paired_only, None, {})["missing"]

@@ -53,21 +53,40 @@ def _runs() -> list[dict]:
     settings += [dict(main, mapper="ridge", loss="mse"), dict(main, mapper="mlp")]
     runs = [{"subject": "subj01", **s} for s in settings]
     runs += [{"subject": "subj02", **s} for s in (main, settings[-2], settings[-1])]  # cnn, ridge, mlp
-    return [{**run, "summary": _summary(i)} for i, run in enumerate(runs)]
+    brain = [{**run, "source": "brain", "summary": _summary(i)} for i, run in enumerate(runs)]
+    # each run's oracle: its retrieval metrics are not applicable
+    oracle = []
+    for i, run in enumerate(runs):
+        summary = _summary(i + 0.5)
+        for key in ("img_ret", "brain_ret", "cap_ret", "cap_brain_ret"):
+            summary["metrics"][key] = {"missing": "not applicable to oracle rows: retrieval scores predictions"}
+        oracle.append({**run, "source": "oracle", "summary": summary})
+    return brain + oracle
 
 
 def test_tables_have_their_rows_data_line_and_missing_reasons(tmp_path):
     tables = {t.name: t for t in all_tables(_runs(), ABLATIONS, DATA)}
     assert set(tables) == set(TABLE_NAMES)
-    assert list(tables["conditioning"].frame["variant"]) == ["img", "cap", "img+cap"]
-    assert list(tables["initialisation"].frame["strategy"]) == ["finetune", "scratch"]
-    assert list(tables["training_strategy"].frame["strategy"]) == ["finetune", "e2e"]
-    assert list(tables["mapper_losses"].frame["loss"]) == ["mse_cos", "mse_cos_contrastive"]
+    # every setting's oracle row right after its brain-driven row
+    assert list(tables["conditioning"].frame["variant"]) == ["img", "img", "cap", "cap", "img+cap", "img+cap"]
+    for table in tables.values():
+        if table.name != "comparison":
+            assert table.labels[-1] == "source"
+            assert list(table.frame["source"]) == ["brain", "oracle"] * (len(table.frame) // 2)
+    assert list(tables["initialisation"].frame["strategy"]) == ["finetune"] * 2 + ["scratch"] * 2
+    assert list(tables["training_strategy"].frame["strategy"]) == ["finetune"] * 2 + ["e2e"] * 2
+    assert list(tables["mapper_losses"].frame["loss"]) == ["mse_cos"] * 2 + ["mse_cos_contrastive"] * 2
+    conditioning = tables["conditioning"].frame
+    assert conditioning["pixcorr"].iloc[1] == pytest.approx(100 * 0 + 0.1 + 0.5 / 10)  # the img oracle's own
+    assert math.isnan(conditioning["img_ret"].iloc[1]) and not math.isnan(conditioning["img_ret"].iloc[0])
     comparison = tables["comparison"].frame
     ours = comparison[comparison["method"].str.startswith("ours")]
-    assert list(ours["subject"]) == ["subj01", "subj02", "mean of 2"] * 3
+    assert list(ours["subject"]) == ["subj01", "subj02", "mean of 2"] * 6
+    assert list(ours["source"]) == (["brain"] * 3 + ["oracle"] * 3) * 3
     cnn = ours[ours["method"].str.contains("cnn")]
     assert cnn["pixcorr"].iloc[2] == pytest.approx(cnn["pixcorr"].iloc[:2].mean())
+    assert cnn["pixcorr"].iloc[5] == pytest.approx(cnn["pixcorr"].iloc[3:5].mean())
+    assert cnn["pixcorr"].iloc[3] != cnn["pixcorr"].iloc[0]
     quoted = comparison[comparison["method"].str.contains(r"\[quoted, not measured\]")]
     assert len(quoted) == len(QUOTED_ROWS)
     assert quoted[quoted["method"].str.startswith("MindEye2")]["ssim"].iloc[0] == 0.439
@@ -83,7 +102,10 @@ def test_tables_have_their_rows_data_line_and_missing_reasons(tmp_path):
     assert "Not measured (FID (paired), Alex2, Alex5): weights file not found" in md
     # each FID column says which FID it is; the generated one is a single value, no CI
     assert "| FID (paired) ↓ | FID (256 generated) ↓ |" in md and "fid50k_full" in md
-    assert "| subj01 | img | – | 40.0 | 0.1 [" in md
+    assert "| subj01 | img | brain | – | 40.0 | 0.1 [" in md and "| subj01 | img | oracle | – | 40.5 |" in md
+    assert "Not measured (img ret, brain ret): not applicable to oracle rows" in md
+    assert "oracle = the same generator" in md
+    assert list(pd.read_csv(tmp_path / "conditioning.csv")["source"]) == ["brain", "oracle"] * 3
     assert "| img+cap |" in md and "[" in md
     csv = pd.read_csv(tmp_path / "comparison.csv")
     assert csv["data"].str.contains("SYNTHETIC").all()

@@ -217,6 +217,8 @@ GPU_RULES = {
     "finetune_e2e",
     "reconstruct",
     "evaluate_run",
+    "fid_generated",
+    "fid_generated_oracle",
 }
 
 

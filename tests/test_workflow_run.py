@@ -21,7 +21,7 @@ from mindreader.mappers import load_mapper
 from mindreader.mappers.data import validation_mask
 from mindreader.mappers.retrieval import embedding_metrics
 from mindreader.mappers.ridge import fit_ridge
-from mindreader.names import MAPPER_OUTPUT_FILES, TABLE_NAMES
+from mindreader.names import MAPPER_OUTPUT_FILES, SCENE_STAGES, TABLE_NAMES
 from mindreader.nsd import NSD
 
 pytestmark = pytest.mark.workflow
@@ -44,7 +44,22 @@ MAPPER_FOLDERS = [
     "subj02/ridge/mse/img",
     "subj02/mlp/mse_cos_contrastive/cap",
 ]
-FIGURES = ("fig3", "metrics_conditioning", "subj01/reconstructions", "subj01/training_curves", "subj01/retrieval")
+FIGURES = (
+    "fig3",
+    "metrics_conditioning",
+    "subj01/reconstructions",
+    "subj01/training_curves",
+    "subj01/retrieval",
+    "scene_recovery",
+)
+# Every run the tables use: the GENERATOR_RUNS, the mapper-loss ablation and the comparison mappers.
+TABLE_RUNS = [
+    *(f"{MAIN}/{variant}/{strategy}" for variant, strategy in GENERATOR_RUNS),
+    "subj01/cnn/mse_cos/img+cap/finetune",
+    *(f"{s}/{m}/img+cap/finetune" for s in SUBJECTS for m in ("ridge/mse", "mlp/mse_cos_contrastive")),
+    "subj02/cnn/mse_cos_contrastive/img+cap/finetune",
+]
+RETRIEVAL = ("img_ret", "brain_ret", "cap_ret", "cap_brain_ret")
 
 
 def test_prepared_subjects(tiny_run):
@@ -155,6 +170,87 @@ def test_run_metrics_from_real_reconstructions(tiny_run):
     assert list(per_image["nsd_id"]) == list(test_ids)
 
 
+def test_every_table_run_has_its_oracle_reconstructions_and_metrics(tiny_run):
+    made = sorted(
+        str(p.relative_to(tiny_run / "results/metrics"))[: -len(".json")]
+        for p in (tiny_run / "results/metrics").rglob("*.json")
+        if not p.name.endswith((".provenance.json", ".fid_generated.json", "_oracle.json"))
+    )
+    assert made == sorted(TABLE_RUNS)
+    for run in TABLE_RUNS:
+        with (
+            h5py.File(tiny_run / f"results/reconstructions/{run}.h5") as b,
+            h5py.File(tiny_run / f"results/reconstructions/{run}_oracle.h5") as o,
+        ):
+            assert b.attrs["source"] == "brain" and o.attrs["source"] == "oracle", run
+            ids = b["nsd_id"][()]
+            np.testing.assert_array_equal(o["nsd_id"][()], ids)  # one per test image, in test order
+            assert o["images"].shape == b["images"].shape
+            assert (o.attrs["z_policy"], o.attrs["seed"]) == (b.attrs["z_policy"], b.attrs["seed"])
+            assert not np.array_equal(o["images"][()], b["images"][()]), run  # the conditions differ
+        assert len(list((tiny_run / f"results/reconstructions/{run}_oracle_png").glob("*.png"))) == len(ids)
+        oracle = read_json(tiny_run / f"results/metrics/{run}_oracle.json")
+        brain = read_json(tiny_run / f"results/metrics/{run}.json")
+        assert oracle["source"] == "oracle" and brain["source"] == "brain"
+        assert oracle["reconstruction"]["source"] == "oracle" and oracle["n_images"] == brain["n_images"]
+        for key in ("pixcorr", "ssim", "clip", "fd_clip"):
+            lo, hi = oracle["metrics"][key]["ci95"]
+            assert lo <= oracle["metrics"][key]["value"] <= hi, (run, key)
+        for key in RETRIEVAL:
+            assert oracle["metrics"][key]["missing"].startswith("not applicable to oracle rows"), (run, key)
+        assert "value" in brain["metrics"]["img_ret"]
+        per_image = pd.read_csv(tiny_run / f"results/metrics/{run}_oracle.per_image.csv")
+        assert list(per_image["nsd_id"]) == list(ids)
+
+
+def test_every_table_has_an_oracle_row_next_to_each_brain_row_and_fig3_shows_the_oracle(tiny_run):
+    for name in TABLE_NAMES:
+        table = pd.read_csv(tiny_run / f"results/tables/{name}.csv")
+        ours = table[table["source"].isin(["brain", "oracle"])]
+        settings = [c for c in ours.columns[: list(ours.columns).index("source")]]
+        brain = ours[ours["source"] == "brain"][settings].to_records(index=False).tolist()
+        oracle = ours[ours["source"] == "oracle"][settings].to_records(index=False).tolist()
+        assert brain and brain == oracle, name
+        assert ours[ours["source"] == "oracle"]["img_ret"].isna().all(), name
+        assert ours[ours["source"] == "brain"]["img_ret"].notna().all(), name
+        md = (tiny_run / f"results/tables/{name}.md").read_text()
+        assert "| oracle |" in md and "not applicable to oracle rows" in md and "oracle = the same generator" in md
+    rows = read_json(tiny_run / "results/figures/fig3.provenance.json")["rows"]
+    oracle = ["oracle (img+cap, true embeddings)", f"results/reconstructions/{MAIN}/img+cap/finetune_oracle.h5"]
+    assert rows[0] == oracle and [label for label, _ in rows[1:]] == CONFIG["ablations"]["variants"]
+
+
+def test_scene_recovery_table_has_every_stage_with_chance(tiny_run):
+    table = pd.read_csv(tiny_run / "results/tables/scene_recovery.csv")
+    assert list(table.columns[:4]) == ["subject", "mapper", "variant", "source"]
+    assert set(table["source"]) == set(SCENE_STAGES)
+    for name in ("background_colour", "largest_shape_colour", "largest_shape_position"):
+        assert {name, f"{name}_lo", f"{name}_hi", f"chance_{name}"} <= set(table.columns), name
+    for name in ("largest_shape_kind", "largest_shape_quadrant", "shape_count"):
+        assert {name, f"chance_{name}"} <= set(table.columns), name
+    assert table["data"].str.contains("SYNTHETIC NSD").all()
+    clip = table[table["source"] == "clip"]
+    assert sorted(zip(clip["subject"], clip["variant"])) == [(s, t) for s in SUBJECTS for t in ("cap", "img")]
+    assert (clip["mapper"] == "-").all()
+    # brain embeddings: per subject, each mapper's img and cap; reconstructions: the comparison runs
+    # and, on subj01, the conditioning variants, each from the oracle and from the brain
+    for subject in SUBJECTS:
+        embedded = table[(table["source"] == "brain_embedding") & (table["subject"] == subject)]
+        assert sorted(zip(embedded["mapper"], embedded["variant"])) == [
+            (m, t) for m in ("cnn", "mlp", "ridge") for t in ("cap", "img")
+        ]
+    for source in ("oracle", "brain"):
+        drawn = table[table["source"] == source]
+        assert sorted(zip(drawn["subject"], drawn["mapper"], drawn["variant"])) == sorted(
+            [(s, m, "img+cap") for s in SUBJECTS for m in ("cnn", "ridge", "mlp")]
+            + [("subj01", "cnn", v) for v in ("img", "cap", "avg")]
+        )
+        assert drawn["background_colour"].between(0, 1).all() and drawn["chance_largest_shape_position"].notna().all()
+    assert table[table["source"].isin(["clip", "brain_embedding"])]["largest_shape_position"].isna().all()
+    md = (tiny_run / "results/tables/scene_recovery.md").read_text()
+    assert "(chance " in md and "brain_embedding = the same probe" in md
+
+
 def test_tables_and_figures(tiny_run):
     for name in TABLE_NAMES:
         for ext in ("csv", "md", "tex"):
@@ -162,12 +258,16 @@ def test_tables_and_figures(tiny_run):
     for name in FIGURES:
         for ext in ("pdf", "png"):
             assert (tiny_run / f"results/figures/{name}.{ext}").stat().st_size > 0
+    def brain_rows(name: str) -> pd.DataFrame:
+        table = pd.read_csv(tiny_run / f"results/tables/{name}.csv")
+        return table[table["source"] == "brain"]
+
     conditioning = pd.read_csv(tiny_run / "results/tables/conditioning.csv")
-    assert list(conditioning["variant"]) == ["img", "cap", "img+cap", "avg"]
+    assert list(brain_rows("conditioning")["variant"]) == ["img", "cap", "img+cap", "avg"]
     assert conditioning["data"].str.contains("SYNTHETIC NSD").all()
-    assert list(pd.read_csv(tiny_run / "results/tables/initialisation.csv")["strategy"]) == ["finetune", "scratch"]
-    assert list(pd.read_csv(tiny_run / "results/tables/training_strategy.csv")["strategy"]) == ["finetune", "e2e"]
-    assert list(pd.read_csv(tiny_run / "results/tables/mapper_losses.csv")["loss"]) == ["mse_cos", "mse_cos_contrastive"]
+    assert list(brain_rows("initialisation")["strategy"]) == ["finetune", "scratch"]
+    assert list(brain_rows("training_strategy")["strategy"]) == ["finetune", "e2e"]
+    assert list(brain_rows("mapper_losses")["loss"]) == ["mse_cos", "mse_cos_contrastive"]
     md = (tiny_run / "results/tables/comparison.md").read_text()
     assert "ours: ridge" in md and "ours: mlp" in md and "[quoted, not measured]" in md and "Not measured (" in md
     dry = run_snakemake(tiny_run, [], CONFIG, "--dry-run")
@@ -179,7 +279,15 @@ def test_report(tiny_run):
     run_snakemake(tiny_run, [], CONFIG, "--report", str(report))
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 10_000
-    for name in ("fig3.png", "retrieval.png", "training_curves.png", "metrics_conditioning.png", "comparison.csv"):
+    for name in (
+        "fig3.png",
+        "retrieval.png",
+        "training_curves.png",
+        "metrics_conditioning.png",
+        "comparison.csv",
+        "scene_recovery.csv",
+        "scene_recovery.png",
+    ):
         assert name in html, name
 
 
@@ -216,7 +324,17 @@ def test_a_figure_target_plans_only_its_ancestors(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, flags=re.MULTILINE))
     variants = CONFIG["ablations"]["variants"]
     assert int(counts["reconstruct"]) == len(variants) and counts["fig3"] == "1"
+    # the main variant's reconstruct job also makes the oracle row's reconstructions
+    assert f"results/reconstructions/{MAIN}/img+cap/finetune_oracle.h5" in dry.stdout
     for unrelated in ("evaluate_run", "make_tables", "metric_bars", "training_curves", "retrieval_examples"):
         assert unrelated not in counts, unrelated
     # fig3 shows the main mapper's variants on one subject: no ridge, mlp or other-loss mapper.
     assert int(counts["train_mapper"]) == 2 and int(counts["prepare_subject"]) == len(SUBJECTS)
+
+
+def test_oracle_off_plans_no_oracle_file(tmp_path):
+    on = run_snakemake(tmp_path / "on", [], CONFIG, "--dry-run")
+    off_config = tiny_config(**{**TINY_RUN, "evaluation": {**TINY_RUN["evaluation"], "oracle": False}})
+    off = run_snakemake(tmp_path / "off", [], off_config, "--dry-run")
+    assert "finetune_oracle.h5" in on.stdout and "_oracle.h5" not in off.stdout and "_oracle.json" not in off.stdout
+    assert "results/tables/scene_recovery.csv" in off.stdout  # the information table keeps its brain stages

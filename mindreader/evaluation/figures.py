@@ -1,5 +1,6 @@
 """Figures: fig3 (ground truth over one row per conditioning variant), per-subject reconstruction
-grids, training curves, retrieval examples, metric bars with CIs. Each is saved as PDF and PNG."""
+grids, training curves, retrieval examples, metric bars with CIs, and where the planted scene is
+lost (scene recovery across the stages). Each is saved as PDF and PNG."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pandas as pd  # noqa: E402
 
 from mindreader.evaluation.battery import METRIC_BY_KEY  # noqa: E402
 from mindreader.io import atomic_path  # noqa: E402
+from mindreader.names import NO_MAPPER, SCENE_STAGES  # noqa: E402
 
 # Row label width and cell size of the image grids, in inches.
 LABEL_WIDTH = 1.3
@@ -204,6 +206,77 @@ def metric_bars(
         axes[j // cols, j % cols].axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def stage_rows(
+    frame: pd.DataFrame,  # the scene_recovery table (its CSV)
+    subject: str,
+    mapper: str,
+    variant: str,  # the generator's conditioning (oracle and brain stages)
+    embedding: str,  # the CLIP embedding the probe stages read (img or cap)
+) -> dict[str, pd.Series | None]:
+    """Stage -> the table row it shows for one run (None where the table has none)."""
+    wanted = {
+        "clip": (NO_MAPPER, embedding),
+        "brain_embedding": (mapper, embedding),
+        "oracle": (mapper, variant),
+        "brain": (mapper, variant),
+    }
+    rows = {}
+    for stage in SCENE_STAGES:
+        chosen_mapper, chosen_variant = wanted[stage]
+        match = frame[
+            (frame["subject"] == subject)
+            & (frame["mapper"] == chosen_mapper)
+            & (frame["variant"] == chosen_variant)
+            & (frame["source"] == stage)
+        ]
+        rows[stage] = match.iloc[0] if len(match) else None
+    return rows
+
+
+def scene_recovery_figure(
+    panels: Sequence[tuple[str, Mapping[str, pd.Series | None]]],  # (title, stage_rows) per panel
+    factors: Sequence[str],  # columns shown, one line each
+    title: str,
+) -> plt.Figure:
+    """One panel per run: per factor a line of its accuracy (95 % CI bars) across the stages, and
+    its chance level dashed in the same colour; a stage that does not score a factor is a gap."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False, sharey=True)
+    x = np.arange(len(SCENE_STAGES))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel_title, rows) in zip(axes[0], panels):
+
+        def column(name: str) -> np.ndarray:
+            return np.array([np.nan if rows[s] is None else float(rows[s][name]) for s in SCENE_STAGES])
+
+        for i, factor in enumerate(factors):
+            colour = colours[i % len(colours)]
+            value, lo, hi = column(factor), column(f"{factor}_lo"), column(f"{factor}_hi")
+            shown = ~np.isnan(value)
+            ax.errorbar(
+                x[shown],
+                value[shown],
+                yerr=[value[shown] - lo[shown], hi[shown] - value[shown]],
+                color=colour,
+                marker="o",
+                markersize=3,
+                capsize=2,
+                linewidth=1.2,
+                label=factor.replace("_", " "),
+            )
+            ax.plot(x[shown], column(f"chance_{factor}")[shown], color=colour, linestyle="--", linewidth=0.8)
+        ax.set_xticks(x, [s.replace("_", "\n") for s in SCENE_STAGES], fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(panel_title, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.5)
+    axes[0, 0].set_ylabel("accuracy (dashed: chance)", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(factors)), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     return fig
 
 

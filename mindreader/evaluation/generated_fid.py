@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from mindreader.evaluation.battery import FeatureSource
 from mindreader.generator.data import load_images
-from mindreader.generator.reconstruct import predicted_conditions, to_uint8
+from mindreader.generator.reconstruct import run_conditions, to_uint8
 from mindreader.generator.store import load_generator
 from mindreader.metrics import FeatureMoments, frechet_distance
 
@@ -130,11 +130,13 @@ def evaluate_generated_fid(
     batch_size: int,
     seed: int,
     device: torch.device,
+    true_targets: Mapping[str, str | os.PathLike] | None = None,  # the oracle's (reconstruct.run_conditions)
 ) -> Mapping:
-    """The run's generated-sample FID and how it was measured (the metrics JSON's fid_generated)."""
-    G, _ = load_generator(run_folder)
+    """The run's generated-sample FID and how it was measured (the metrics JSON's fid_generated);
+    with ``true_targets``, of its oracle: conditioned on the test samples' true CLIP embeddings."""
+    G, meta = load_generator(run_folder)
     G.to(device)
-    nsd_id, c = predicted_conditions(G, list(prediction_files), run_folder)
+    nsd_id, c = run_conditions(G, meta, list(prediction_files), run_folder, true_targets)
     count = generated_image_count(n_generated, len(nsd_id))
     unique, inverse = np.unique(nsd_id, return_inverse=True)
     real_images = load_images(nsd_root, unique, G.img_resolution, batch_size)
@@ -151,7 +153,8 @@ def evaluate_generated_fid(
         "batch_size": int(batch_size),
         "protocol": (
             "StyleGAN2-ADA fid50k_full as the Mind Reader fork runs it: G_ema, random z and noise, image i "
-            "conditioned on test sample i mod N's normalised predicted embedding, vs the N test samples' "
+            f"conditioned on test sample i mod N's normalised {'predicted' if true_targets is None else 'TRUE'} "
+            "embedding, vs the N test samples' "
             "images at the generator's resolution; pytorch-fid Inception, population covariances"
         ),
     }

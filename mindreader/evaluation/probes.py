@@ -12,7 +12,8 @@ that ignores the embedding can do on this test set.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,71 @@ def fit_probe(embeddings: np.ndarray, labels: np.ndarray, seed: int):
     return search.best_estimator_
 
 
+def _checked(name: str, embeddings: np.ndarray, table: pd.DataFrame, factors: Sequence[str]) -> np.ndarray:
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or len(embeddings) != len(table):
+        raise ValueError(
+            f"{name} embeddings must be (N, D) with one row per factor row; got {embeddings.shape} for {len(table)} rows"
+        )
+    missing = [f for f in factors if f not in table.columns]
+    if missing:
+        raise ValueError(f"{name} factor table lacks columns {missing}; expected {list(factors)}")
+    return embeddings
+
+
+@dataclass(frozen=True)
+class FactorProbe:
+    """One factor's fitted probe, or (``probe`` None) the one training label it answers always."""
+
+    probe: Any  # fitted pipeline (fit_probe) or None
+    constant: str  # the answer when probe is None
+    dim: int  # embedding width it reads
+
+
+def fit_probes(
+    train_embeddings: np.ndarray,  # float (N_train, D) embeddings of the training images
+    train_factors: pd.DataFrame,  # their factor labels, a column per factor (scenes.factor_table)
+    seed: int,  # seed of the folds
+    factors: Sequence[str] = FACTORS,  # which columns to probe
+) -> dict[str, FactorProbe]:
+    """Factor -> its probe fitted on the training images (fit_probe), to score any test set."""
+    train_embeddings = _checked("train", train_embeddings, train_factors, factors)
+    probes = {}
+    for factor in factors:
+        labels = train_factors[factor].astype(str).to_numpy()
+        probes[factor] = FactorProbe(fit_probe(train_embeddings, labels, seed), labels[0], train_embeddings.shape[1])
+    return probes
+
+
+def score_probes(
+    probes: Mapping[str, FactorProbe],  # fit_probes
+    test_embeddings: np.ndarray,  # float (N_test, D) embeddings of the test images
+    test_factors: pd.DataFrame,  # their factor labels
+    n_boot: int,  # bootstrap resamples of the test images
+    seed: int,  # seed of the resamples
+) -> tuple[dict, pd.DataFrame]:
+    """Factor -> {value (test accuracy), ci95, chance (test majority share), C (chosen, None for a
+    constant answer)}, and a per-test-image table of 0/1 correctness, a column per factor."""
+    test_embeddings = _checked("test", test_embeddings, test_factors, list(probes))
+    summary, per_image = {}, {}
+    for factor, fitted in probes.items():
+        if test_embeddings.shape[1] != fitted.dim:
+            raise ValueError(f"train embeddings have {fitted.dim} dimensions, test ones {test_embeddings.shape[1]}")
+        test_labels = test_factors[factor].astype(str).to_numpy()
+        if fitted.probe is None:
+            predicted = np.full(len(test_labels), fitted.constant)
+        else:
+            predicted = fitted.probe.predict(test_embeddings)
+        correct = (predicted == test_labels).astype(np.float64)
+        per_image[factor] = correct.astype(int)
+        summary[factor] = {
+            **mean_ci(correct, n_boot, seed),
+            "chance": majority_share(test_labels),
+            "C": None if fitted.probe is None else float(fitted.probe.get_params()["logisticregression__C"]),
+        }
+    return summary, pd.DataFrame(per_image)
+
+
 def probe_factors(
     train_embeddings: np.ndarray,  # float (N_train, D) embeddings of the training images
     train_factors: pd.DataFrame,  # their factor labels, a column per factor (scenes.factor_table)
@@ -73,36 +139,7 @@ def probe_factors(
     seed: int,  # seed of the folds and the resamples
     factors: Sequence[str] = FACTORS,  # which columns to probe
 ) -> tuple[dict, pd.DataFrame]:
-    """Factor -> {value (test accuracy), ci95, chance (test majority share), C (chosen, None for a
-    constant answer)}, and a per-test-image table of 0/1 correctness, a column per factor."""
-    train_embeddings = np.asarray(train_embeddings, dtype=np.float64)
-    test_embeddings = np.asarray(test_embeddings, dtype=np.float64)
-    for name, embeddings, table in (
-        ("train", train_embeddings, train_factors),
-        ("test", test_embeddings, test_factors),
-    ):
-        if embeddings.ndim != 2 or len(embeddings) != len(table):
-            raise ValueError(
-                f"{name} embeddings must be (N, D) with one row per factor row; got {embeddings.shape} for {len(table)} rows"
-            )
-        missing = [f for f in factors if f not in table.columns]
-        if missing:
-            raise ValueError(f"{name} factor table lacks columns {missing}; expected {list(factors)}")
-    if train_embeddings.shape[1] != test_embeddings.shape[1]:
-        raise ValueError(
-            f"train embeddings have {train_embeddings.shape[1]} dimensions, test ones {test_embeddings.shape[1]}"
-        )
-    summary, per_image = {}, {}
-    for factor in factors:
-        train_labels = train_factors[factor].astype(str).to_numpy()
-        test_labels = test_factors[factor].astype(str).to_numpy()
-        probe = fit_probe(train_embeddings, train_labels, seed)
-        predicted = np.full(len(test_labels), train_labels[0]) if probe is None else probe.predict(test_embeddings)
-        correct = (predicted == test_labels).astype(np.float64)
-        per_image[factor] = correct.astype(int)
-        summary[factor] = {
-            **mean_ci(correct, n_boot, seed),
-            "chance": majority_share(test_labels),
-            "C": None if probe is None else float(probe.get_params()["logisticregression__C"]),
-        }
-    return summary, pd.DataFrame(per_image)
+    """Probes fitted on the training embeddings (fit_probes), scored on the test ones (score_probes)."""
+    _checked("test", test_embeddings, test_factors, factors)
+    probes = fit_probes(train_embeddings, train_factors, seed, factors)
+    return score_probes(probes, test_embeddings, test_factors, n_boot, seed)

@@ -23,9 +23,16 @@ from mindreader.evaluation.battery import (
 )
 from mindreader.evaluation.networks import FID_NETWORK, SPECS, load_network
 from mindreader.io import atomic_path, read_json, write_json
+from mindreader.names import RECONSTRUCTION_SOURCES
 from mindreader.weights import MissingWeightsError
 
 log = logging.getLogger(__name__)
+
+# Why the oracle rows have no retrieval metrics (they score predicted embeddings).
+ORACLE_RETRIEVAL = (
+    "not applicable to oracle rows: retrieval scores the mappers' predicted embeddings, and an "
+    "oracle reconstruction is drawn from the true ones"
+)
 
 
 def battery_config(eval_cfg: Mapping[str, Any], seed: int) -> BatteryConfig:
@@ -135,12 +142,19 @@ def evaluate_run(
     cfg: BatteryConfig,
     device: torch.device,
     generated_fid: Mapping[str, Any],  # the fid_generated entry (generated_fid_result)
+    source: str = "brain",  # RECONSTRUCTION_SOURCES: the oracle's retrieval metrics are not applicable
 ) -> tuple[dict, pd.DataFrame]:
     """The run's metrics (value, ci95 or missing) and a per-image table."""
+    if source not in RECONSTRUCTION_SOURCES:
+        raise ValueError(f"unknown reconstruction source '{source}'; expected one of {RECONSTRUCTION_SOURCES}")
     rec, nsd_id, attrs = read_reconstructions(reconstructions)
     if ground_truth.shape[0] != rec.shape[0]:
         raise ValueError(f"{reconstructions}: {rec.shape[0]} reconstructions but {ground_truth.shape[0]} ground-truth images")
-    predictions = read_predictions(prediction_files)
+    if source == "oracle":
+        targets = {m.feature.split(":")[0] for m in METRICS if m.kind == "retrieval"}
+        predictions = {target: ORACLE_RETRIEVAL for target in targets}
+    else:
+        predictions = read_predictions(prediction_files)
     results = evaluate_images(ground_truth, rec, sources, unavailable, predictions, cfg, device)
     results[FID_PROTOCOLS["generated"]] = dict(generated_fid)
     per_image = pd.DataFrame({"nsd_id": nsd_id})
@@ -148,6 +162,7 @@ def evaluate_run(
         if "per_image" in result:
             per_image[key] = result.pop("per_image")
     summary = {
+        "source": source,
         "n_images": int(rec.shape[0]),
         "reconstruction": {"resolution": int(rec.shape[1]), **attrs},
         "metrics": results,

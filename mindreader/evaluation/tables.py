@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from mindreader.evaluation.battery import METRIC_BY_KEY
+from mindreader.evaluation.battery import METRIC_BY_KEY, Metric
 from mindreader.io import atomic_path
-from mindreader.names import ABLATION_TABLES, get_variant
+from mindreader.names import ABLATION_TABLES, RECONSTRUCTION_SOURCES, get_variant
 
 # The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
 COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
@@ -38,6 +38,12 @@ QUOTED_ROWS = {
 }
 
 STRATEGIES_OF = {"initialisation": ("finetune", "scratch"), "training_strategy": ("finetune", "e2e")}
+# What the source column's values mean, under every table that has oracle rows.
+ORACLE_NOTE = (
+    "Source: brain = reconstructed from the mappers' predicted test embeddings; oracle = the same "
+    "generator (same z and seed) drawing each test image from its TRUE CLIP embeddings, no brain "
+    "involved: the generator's ceiling"
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class Table:
     data_note: str  # where the numbers come from
     missing: dict[str, str]  # metric key -> why it is not measured
     headers: dict[str, str] = field(default_factory=dict)  # metric key -> header, where more than its label
+    metrics: Mapping[str, Metric] = field(default_factory=lambda: METRIC_BY_KEY)  # key -> label, direction, scale
+    notes: tuple[str, ...] = ()  # further notes under the table (what its rows are)
 
 
 def data_note(data: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -> str:
@@ -117,8 +125,13 @@ def fid_note(summaries: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
+def _oracle_notes(runs: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    return (ORACLE_NOTE,) if any(r["source"] == "oracle" for r in runs) else ()
+
+
 def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
-    """The paper's four tables. ``runs``: dicts of the run keys plus ``summary`` (metrics JSON)."""
+    """The paper's four tables. ``runs``: dicts of the run keys, ``source`` (brain or oracle) and
+    ``summary`` (metrics JSON); a setting's oracle row follows its brain row."""
     main = ablations["main"]
     tables = []
     for name, axis, title in ABLATION_TABLES:
@@ -128,14 +141,15 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
             run
             for subject in ablations["subjects"]
             for value in values
+            for source in RECONSTRUCTION_SOURCES
             for run in runs
             if run["subject"] == subject
             and run[axis] == value
+            and run["source"] == source
             and all(run[k] == main[k] for k in ("mapper", "loss", "variant", "strategy") if k != axis)
         ]
-        frame = pd.DataFrame(
-            [_row({"subject": r["subject"], axis: _label(axis, r[axis])}, r["summary"], ABLATION_COLUMNS) for r in chosen]
-        )
+        labels = [{"subject": r["subject"], axis: _label(axis, r[axis]), "source": r["source"]} for r in chosen]
+        frame = pd.DataFrame([_row(label, r["summary"], ABLATION_COLUMNS) for label, r in zip(labels, chosen)])
         fixed = ", ".join(f"{k} {main[k]}" for k in ("mapper", "loss", "variant", "strategy") if k != axis)
         summaries = [r["summary"] for r in chosen]
         tables.append(
@@ -143,18 +157,20 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
                 name=name,
                 title=f"{title} ({fixed})",
                 frame=frame,
-                labels=("subject", axis),
+                labels=("subject", axis, "source"),
                 columns=ABLATION_COLUMNS,
                 data_note=f"{data_note(data, summaries)}; {fid_note(summaries)}",
                 missing=_missing(summaries, ABLATION_COLUMNS),
                 headers={"fid_generated": generated_fid_header(summaries)},
+                notes=_oracle_notes(chosen),
             )
         )
     return tables
 
 
 def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> Table:
-    """The field's table: our mappers per subject and averaged, then the quoted published rows."""
+    """The field's table: our mappers per subject and averaged (brain rows, then oracle rows), then
+    the quoted published rows."""
     main = ablations["main"]
     chosen = [
         r
@@ -167,17 +183,20 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
     rows = []
     for mapper in ablations["mappers"]:
         method = f"ours: {mapper}" + (" (Mind Reader's mapper)" if mapper == "cnn" else "")
-        mine = [r for r in chosen if r["mapper"] == mapper]
-        per_subject = [_row({"method": method, "subject": r["subject"]}, r["summary"], COMPARISON_COLUMNS) for r in mine]
-        rows.extend(per_subject)
-        if len(per_subject) > 1:
-            mean = pd.DataFrame(per_subject)[list(COMPARISON_COLUMNS)].mean(skipna=False)
-            rows.append({"method": method, "subject": f"mean of {len(per_subject)}", **mean.to_dict()})
+        for source in RECONSTRUCTION_SOURCES:
+            mine = [r for r in chosen if r["mapper"] == mapper and r["source"] == source]
+            labels = {"method": method, "source": source}
+            per_subject = [_row({**labels, "subject": r["subject"]}, r["summary"], COMPARISON_COLUMNS) for r in mine]
+            rows.extend(per_subject)
+            if len(per_subject) > 1:
+                mean = pd.DataFrame(per_subject)[list(COMPARISON_COLUMNS)].mean(skipna=False)
+                rows.append({**labels, "subject": f"mean of {len(per_subject)}", **mean.to_dict()})
     for method, values in QUOTED_ROWS.items():
         rows.append(
             {
                 "method": f"{method} [quoted, not measured]",
                 "subject": "subj01",
+                "source": "published",
                 **{k: (math.nan if v is None else v) for k, v in zip(COMPARISON_COLUMNS, values)},
             }
         )
@@ -186,10 +205,11 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
         name="comparison",
         title=f"Comparison in the field's format ({main_desc}); rows marked [quoted, not measured]: {QUOTED_SOURCE}",
         frame=pd.DataFrame(rows),
-        labels=("method", "subject"),
+        labels=("method", "subject", "source"),
         columns=COMPARISON_COLUMNS,
         data_note=data_note(data, (r["summary"] for r in chosen)),
         missing=_missing((r["summary"] for r in chosen), COMPARISON_COLUMNS),
+        notes=_oracle_notes(chosen),
     )
 
 
@@ -197,30 +217,37 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
 
 
 def _header(table: Table, key: str) -> str:
-    metric = METRIC_BY_KEY[key]
+    metric = table.metrics[key]
     arrow = "↑" if metric.higher_is_better else "↓"
     return f"{table.headers.get(key, metric.label)}{' %' if metric.percent else ''} {arrow}"
 
 
-def _cell(row: Mapping[str, Any], key: str) -> str:
+def _is_number(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(table: Table, row: Mapping[str, Any], key: str) -> str:
     value = row.get(key, math.nan)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if not _is_number(value):
         return "–"
     # FD_CLIP's scale depends on the CLIP (small for unit-scale embeddings): significant digits
-    spec = ".3g" if key == "fd_clip" else ".1f" if METRIC_BY_KEY[key].percent or key in FID_KEYS else ".3f"
+    spec = ".3g" if key == "fd_clip" else ".1f" if table.metrics[key].percent or key in FID_KEYS else ".3f"
     lo, hi = row.get(f"{key}_lo", math.nan), row.get(f"{key}_hi", math.nan)
     text = f"{value:{spec}}"
-    if isinstance(lo, float) and not math.isnan(lo):
+    if _is_number(lo):
         text += f" [{lo:{spec}}, {hi:{spec}}]"
+    chance = row.get(f"chance_{key}", math.nan)
+    if _is_number(chance):
+        text += f" (chance {chance:{spec}})"
     return text
 
 
 def _notes(table: Table) -> list[str]:
-    notes = [f"Data: {table.data_note}."]
+    notes = [f"Data: {table.data_note}.", *table.notes]
     if table.missing:
         grouped: dict[str, list[str]] = {}
         for key, reason in table.missing.items():
-            grouped.setdefault(reason, []).append(METRIC_BY_KEY[key].label)
+            grouped.setdefault(reason, []).append(table.metrics[key].label)
         for reason, labels in grouped.items():
             notes.append(f"Not measured ({', '.join(labels)}): {reason}.")
     notes.append("– : not measured or not reported. ↑/↓: higher/lower is better. Values: mean [95 % CI].")
@@ -231,7 +258,7 @@ def to_markdown(table: Table) -> str:
     header = [*table.labels, *(_header(table, k) for k in table.columns)]
     lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.frame.to_dict("records"):
-        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(row, k) for k in table.columns]
+        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(table, row, k) for k in table.columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + [f"{note}  " for note in _notes(table)]) + "\n"
 
@@ -255,18 +282,25 @@ def to_latex(table: Table) -> str:
         r"\midrule",
     ]
     for row in table.frame.to_dict("records"):
-        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(row, k) for k in table.columns]
+        cells = [str(row.get(label, "")) for label in table.labels] + [_cell(table, row, k) for k in table.columns]
         lines.append(" & ".join(_tex_escape(c) for c in cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def to_csv_frame(table: Table) -> pd.DataFrame:
+    """Label columns, then per metric key, key_lo, key_hi (and chance_key where the table has it)."""
     frame = table.frame.copy()
-    for column in (*table.labels, *(c for k in table.columns for c in (k, f"{k}_lo", f"{k}_hi"))):
+    per_key = [
+        c
+        for k in table.columns
+        for c in (k, f"{k}_lo", f"{k}_hi", f"chance_{k}")
+        if c in frame or not c.startswith("chance_")
+    ]
+    for column in (*table.labels, *per_key):
         if column not in frame:
             frame[column] = math.nan
-    frame = frame[[*table.labels, *(c for k in table.columns for c in (k, f"{k}_lo", f"{k}_hi"))]]
+    frame = frame[[*table.labels, *per_key]]
     frame["data"] = table.data_note
     return frame
 

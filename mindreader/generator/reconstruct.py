@@ -1,7 +1,9 @@
-"""Reconstructions: G_ema draws one image per test sample from its predicted embeddings.
+"""Reconstructions: G_ema draws one image per test sample from its predicted embeddings, or (the
+oracle, the generator's ceiling) from the test images' true CLIP embeddings.
 
 Deterministic: noise inputs use their stored constants, and z is either zero or drawn for the
-whole test set at once from a fixed seed (so an image does not depend on the batch size).
+whole test set at once from a fixed seed (so an image does not depend on the batch size, and a
+run's oracle and brain-driven reconstructions of a test sample differ only in the condition).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import h5py
 import numpy as np
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mindreader.generator.conditioning import combine_targets
-from mindreader.generator.data import stack_predictions
+from mindreader.generator.data import read_rows, stack_predictions
 from mindreader.generator.loss import Z_POLICIES
 from mindreader.generator.store import load_generator
 from mindreader.io import atomic_path
@@ -53,28 +56,69 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def as_conditions(G, embeddings: np.ndarray, run_folder, origin) -> torch.Tensor:
+    """c (N, K, D) as G takes them from one embedding per condition target (N, M, D): normalised,
+    and averaged into the one condition of the `avg` variant (``origin`` names them in errors)."""
+    counts_fit = embeddings.shape[1] == G.n_conditions or G.n_conditions == 1
+    if not counts_fit or embeddings.shape[2] != G.c_dim:
+        raise ValueError(
+            f"{run_folder}: generator takes {G.n_conditions} condition(s) of width {G.c_dim}, "
+            f"got {embeddings.shape[1]} x {embeddings.shape[2]} from {origin}"
+        )
+    return F.normalize(combine_targets(torch.from_numpy(embeddings), G.n_conditions), dim=-1)
+
+
 def predicted_conditions(G, pred_test_files: list, run_folder) -> tuple[np.ndarray, torch.Tensor]:
     """(nsd_id (N,), c (N, K, D)): each test sample's conditions as G takes them at test time, the
     normalised predictions of each condition's mapper (``run_folder`` names G in errors)."""
     nsd_id, pred = stack_predictions(pred_test_files)
-    # One embedding per condition, or several averaged into the one condition of the `avg` variant.
-    counts_fit = pred.shape[1] == G.n_conditions or G.n_conditions == 1
-    if not counts_fit or pred.shape[2] != G.c_dim:
+    return nsd_id, as_conditions(G, pred, run_folder, [str(p) for p in pred_test_files])
+
+
+def true_conditions(
+    G, conditions: list[str], true_targets: Mapping[str, str | os.PathLike], nsd_id: np.ndarray, run_folder
+) -> torch.Tensor:
+    """c (N, K, D): the TRUE CLIP embeddings of the images ``nsd_id`` as G takes them, one per
+    condition of the run (``conditions``, G's order: network.json), each the `target` of its file
+    in ``true_targets`` (condition -> results/clip/images.h5 or captions.h5)."""
+    missing = [name for name in conditions if name not in true_targets]
+    if missing:
         raise ValueError(
-            f"{run_folder}: generator takes {G.n_conditions} condition(s) of width {G.c_dim}, "
-            f"got {pred.shape[1]} x {pred.shape[2]} from {[str(p) for p in pred_test_files]}"
+            f"{run_folder}: no true-embedding file for condition(s) {missing} (given {sorted(true_targets)})"
         )
-    return nsd_id, F.normalize(combine_targets(torch.from_numpy(pred), G.n_conditions), dim=-1)
+    true = np.stack([read_rows(true_targets[name], nsd_id, ("target",))["target"] for name in conditions], axis=1)
+    return as_conditions(G, true, run_folder, [str(true_targets[name]) for name in conditions])
+
+
+def run_conditions(
+    G, meta: dict, pred_test_files: list, run_folder, true_targets: Mapping[str, str | os.PathLike] | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(nsd_id (N,), c (N, K, D)) of a run's test samples, in its predictions' order: the predicted
+    conditions, or with ``true_targets`` (condition -> CLIP embeddings file) the oracle's, the
+    same samples' true embeddings (``meta``: the run's network.json)."""
+    nsd_id, c = predicted_conditions(G, pred_test_files, run_folder)
+    if true_targets is None:
+        return nsd_id, c
+    return nsd_id, true_conditions(G, list(meta.get("conditions", [])), true_targets, nsd_id, run_folder)
 
 
 def reconstruct(
-    run_folder, pred_test_files: list, output_h5, z_policy: str, seed: int, device, batch_size: int = 64
+    run_folder,
+    pred_test_files: list,
+    output_h5,
+    z_policy: str,
+    seed: int,
+    device,
+    batch_size: int = 64,
+    true_targets: Mapping[str, str | os.PathLike] | None = None,
 ) -> np.ndarray:
-    """Write ``output_h5`` (images uint8 (N, R, R, 3), nsd_id (N,) in the test order) and return
-    the images. Conditions: the normalised predictions of each condition's mapper."""
+    """Write ``output_h5`` (images uint8 (N, R, R, 3), nsd_id (N,) in the test order of the
+    predictions) and return the images. Conditions: the normalised predictions of each condition's
+    mapper, or with ``true_targets`` (condition -> CLIP embeddings file) the oracle: the same test
+    samples' true embeddings, no brain involved (attribute source: brain or oracle)."""
     G, meta = load_generator(run_folder)
     G.to(device)
-    nsd_id, c = predicted_conditions(G, pred_test_files, run_folder)
+    nsd_id, c = run_conditions(G, meta, pred_test_files, run_folder, true_targets)
     images = generate_images(G, c, z_policy, seed, device, batch_size)
     with atomic_path(output_h5) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -85,6 +129,7 @@ def reconstruct(
             f.attrs["resolution"] = G.img_resolution
             f.attrs["noise_mode"] = "const"
             f.attrs["conditions"] = ",".join(meta.get("conditions", []))
+            f.attrs["source"] = "brain" if true_targets is None else "oracle"
     log.info("wrote %d reconstructions (%dx%d) to %s", len(images), G.img_resolution, G.img_resolution, output_h5)
     return images
 
