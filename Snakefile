@@ -34,3 +34,7 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# Every job's time limit, whoever set it, at most cluster.max_runtime (rules/common.smk).
+cap_runtimes(workflow.rules)

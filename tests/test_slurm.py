@@ -4,25 +4,30 @@ The cluster (munge, slurmctld, slurmd) is started on this machine for the module
 its pid files afterwards. Without the SLURM packages the test skips, except in CI (CI set),
 where .ci/run installs them and a skip would hide a broken cluster set-up.
 
-One run of a tiny synthetic config, end to end, shows the two things a cluster run must
-survive: each mapper job is killed by SLURM at its 1-minute time limit (the failure), Snakemake
-resubmits it (the retry), and the retry resumes from the checkpoint the killed job wrote.
+One run of a tiny synthetic config, end to end, shows what a cluster run must survive: a
+training longer than any job may ask for (cluster.max_runtime, a partition's limit). Each mapper
+job is killed by SLURM at that limit, checkpoints on SIGTERM, and Snakemake resubmits it (the
+rule's retries, from the training's projected runtime) until one job finishes: the weights equal
+those of the same training run uninterrupted.
 """
 
 from __future__ import annotations
 
 import fcntl
 import math
+import multiprocessing
 import os
 import re
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
 import pytest
 import torch
 from conftest import REPO, deep_update, run_snakemake, tiny_config
+from safetensors.torch import load_file
 from slurm_cluster import LocalSlurm, unavailable_reason
 
 from mindreader.mappers.pipeline import run_mapper
@@ -35,8 +40,15 @@ LOCK_FILE = Path("/tmp/mindreader-slurm-test.lock")
 # SLURM checks time limits every 30 s: a job with a limit of m minutes dies 60 m to 60 m + 30 s
 # after it starts. Training is planned to outlast that by this margin, so the kill lands in it.
 MARGIN_S = 45
+# Epochs timed (after warm-up) to measure one: long enough that two timing processes overlap.
+TIMED_EPOCHS = 301
+# The mappers' projected runtime in jobs of cluster.max_runtime: their rule's retries (the run
+# passes --retries 0, so these are all the jobs it gets). On a busy machine a job trains for less
+# than its limit, so the training needs more than the two jobs it would need on an idle one.
+PROJECTED_JOBS = 8
 SUBJECT = "subj01"
 MAPPER_RUN = f"{SUBJECT}/cnn/mse_cos_contrastive"
+MAPPER_TARGETS = [f"results/mappers/{MAPPER_RUN}/{target}/metrics.json" for target in ("img", "cap")]
 TINY = {
     "subjects": [SUBJECT],
     "clip": {
@@ -87,13 +99,24 @@ def slurm_cluster(tmp_path_factory):
 
 
 def slurm_jobs() -> list[dict[str, str]]:
-    """Every job the cluster still knows (finished ones stay for MinJobAge): id, state, rule."""
-    listing = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True, check=True)
+    """Every job the cluster still knows (finished ones stay for MinJobAge): id, state, time limit
+    as squeue writes it ([days-][hours:]minutes:seconds), rule, and the job's wildcards."""
+    listing = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%l|%k"], capture_output=True, text=True,
+                             check=True)
     jobs = []
     for line in listing.stdout.splitlines():
-        job_id, state, comment = line.split("|")
-        jobs.append({"id": job_id, "state": state, "rule": comment.removeprefix("rule_").split("_wildcards_")[0]})
+        job_id, state, limit, comment = line.split("|")
+        rule, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
+        jobs.append({"id": job_id, "state": state, "limit": limit, "rule": rule, "wildcards": wildcards})
     return jobs
+
+
+def limit_minutes(limit: str) -> float:
+    days, _, clock = limit.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = 60 * seconds + int(part)
+    return int(days or 0) * 1440 + seconds / 60
 
 
 def groups(name: str, rules: list[str]) -> list[str]:
@@ -101,67 +124,116 @@ def groups(name: str, rules: list[str]) -> list[str]:
     return [f"{rule}={name}" for rule in rules]
 
 
-def epochs_for(seconds: float, workdir: Path, config: dict) -> int:
-    """Mapper epochs that take about ``seconds`` on this machine, timed on the prepared subject."""
+def seconds_per_epoch(workdir: Path, config: dict, folder: str, start) -> float:
+    """Seconds of one mapper epoch in this process, timed on the prepared subject from when every
+    process timing alongside is ready (``start``, a barrier)."""
     torch.set_num_threads(config["mappers"]["threads"])
-    elapsed = {}
-    for epochs in (1, 1, 101):  # the first run pays one-off costs (lazy imports, allocator warm-up)
+
+    def train(epochs: int) -> float:
         cfg = deep_update(config["mappers"], {"train": {"epochs": epochs}})
-        start = time.perf_counter()
-        run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], workdir / "timing", "cnn",
+        begin = time.perf_counter()
+        run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], workdir / folder, "cnn",
                    "mse_cos_contrastive", "img", cfg, config["seed"], torch.device("cpu"), None, progress=False)
-        elapsed[epochs] = time.perf_counter() - start
-    per_epoch = (elapsed[101] - elapsed[1]) / 100
-    assert per_epoch > 0, f"could not time an epoch: {elapsed}"
+        return time.perf_counter() - begin
+
+    train(1)  # one-off costs (lazy imports, allocator warm-up)
+    start.wait()
+    one, many = train(1), train(TIMED_EPOCHS)
+    per_epoch = (many - one) / (TIMED_EPOCHS - 1)
+    assert per_epoch > 0, f"could not time an epoch: 1 in {one} s, {TIMED_EPOCHS} in {many} s"
+    return per_epoch
+
+
+def epochs_for(seconds: float, workdir: Path, config: dict) -> int:
+    """Mapper epochs that take about ``seconds`` while the two mapper jobs (img and cap) train side
+    by side, as on the cluster: timed in two processes at once (one alone timed here ran twice as
+    fast as the jobs then did)."""
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        start = manager.Barrier(2)
+        per_epoch = max(pool.map(seconds_per_epoch, [workdir] * 2, [config] * 2, ["timing_a", "timing_b"], [start] * 2))
     return math.ceil(seconds / per_epoch)
 
 
-def first_time_limit(workdir: Path, config: dict) -> int:
-    """Minutes of the first attempt's time limit: enough that the job is training, not still
-    starting, when it is killed. A job parses the workflow twice (the plugin's job step, then
-    the job itself) before the script starts; on a loaded machine that alone can take a minute."""
+def job_time_limit(workdir: Path, config: dict) -> int:
+    """Minutes of the time limit of every mapper job (cluster.max_runtime): enough that a job is
+    training, not still starting, when it is killed. A job parses the workflow twice (the
+    plugin's job step, then the job itself) before the script starts; on a loaded machine that
+    alone can take a minute."""
     start = time.perf_counter()
     run_snakemake(workdir, [], config, "--dry-run", "--workflow-profile", "none")
     startup_s = 3 * (time.perf_counter() - start)
     return max(1, math.ceil((startup_s + 30) / 60))
 
 
-def epoch_numbers(log: str) -> list[int]:
-    return [int(n) for n in re.findall(r"epoch (\d+)/\d+:", log)]
+def resumed_steps(log: str) -> list[int]:
+    return [int(step) for step in re.findall(r"resumed from step (\d+) of \d+", log)]
 
 
-def test_workflow_end_to_end_on_slurm_with_a_time_limit_kill_and_resume(slurm_cluster, tmp_path):
+def uninterrupted_mapper(workdir: Path, config: dict) -> Path:
+    """The img mapper of the run trained in one go, in this process; its model file."""
+    out = workdir / "uninterrupted"
+    run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], out, "cnn", "mse_cos_contrastive", "img",
+               config["mappers"], config["seed"], torch.device("cpu"), None, subject=SUBJECT, progress=False)
+    return out / "model.safetensors"
+
+
+def test_workflow_end_to_end_on_slurm_with_training_longer_than_the_time_limit(slurm_cluster, tmp_path):
     config = tiny_config(**TINY)
     # options taking several values come first: the targets follow the last option
     run_snakemake(tmp_path, UPSTREAM_TARGETS, config, "--groups", *groups("upstream", UPSTREAM_RULES),
                   "--profile", str(TEST_PROFILE))
 
-    limit = first_time_limit(tmp_path, config)
+    limit = job_time_limit(tmp_path, config)
     epochs = epochs_for(60 * limit + MARGIN_S, tmp_path, config)
-    config = deep_update(config, {"mappers": {"train": {"epochs": epochs}}})
+    config = deep_update(config, {"mappers": {"runtime": PROJECTED_JOBS * limit, "train": {"epochs": epochs}}})
+    # No job may ask for more than `limit` minutes, and the mappers train for longer. --retries 0:
+    # the only retries are those the training rule takes from its projected runtime.
+    capped = deep_update(config, {"cluster": {"max_runtime": limit}})
     before = {job["id"] for job in slurm_jobs()}
-    run_snakemake(tmp_path, [], config, "--groups", *groups("downstream", DOWNSTREAM_RULES),
-                  # the first attempt is cut short; the retry gets enough time to finish
-                  "--set-resources", f"train_mapper:runtime={limit} if attempt == 1 else {limit + 15}",
-                  "--profile", str(TEST_PROFILE))
+    run_snakemake(tmp_path, MAPPER_TARGETS, capped, "--retries", "0", "--profile", str(TEST_PROFILE))
+    mapper_jobs = [job for job in slurm_jobs() if job["id"] not in before]
+
+    # The rest under the config's limit (a group job asks for the sum of its members' runtimes);
+    # meanwhile, in this process (its main thread: training handles SIGTERM), the img mapper's
+    # training without interruption.
+    before = {job["id"] for job in slurm_jobs()}
+    with ThreadPoolExecutor(1) as pool:
+        downstream = pool.submit(run_snakemake, tmp_path, [], config, "--groups",
+                                 *groups("downstream", DOWNSTREAM_RULES), "--profile", str(TEST_PROFILE))
+        uninterrupted = load_file(uninterrupted_mapper(tmp_path, config))
+        downstream.result()
 
     for path in ["results/figures/fig3.pdf", "results/tables/comparison.csv",
                  f"results/metrics/{MAPPER_RUN}/img+cap/finetune.json"]:
         assert (tmp_path / path).stat().st_size > 0, path
     with h5py.File(tmp_path / f"results/reconstructions/{MAPPER_RUN}/img+cap/finetune.h5") as rec:
         assert rec["images"].shape[0] == len(rec["nsd_id"]) > 0
+    downstream_jobs = [job for job in slurm_jobs() if job["id"] not in before]
+    assert downstream_jobs and all(job["state"] == "COMPLETED" for job in downstream_jobs), downstream_jobs
 
-    jobs = [job for job in slurm_jobs() if job["id"] not in before]
-    mapper_states = sorted(job["state"] for job in jobs if job["rule"] == "train_mapper")
-    assert mapper_states == ["COMPLETED", "COMPLETED", "TIMEOUT", "TIMEOUT"], jobs
-    assert all(job["state"] == "COMPLETED" for job in jobs if job["rule"] != "train_mapper"), jobs
+    assert {job["rule"] for job in mapper_jobs} == {"train_mapper"}, mapper_jobs
     for target in ("img", "cap"):
-        slurm_logs = [p.read_text() for p in tmp_path.glob(f".snakemake/slurm_logs/rule_train_mapper/*_{target}/*.log")]
-        killed = [text for text in slurm_logs if "DUE TO TIME LIMIT" in text]
-        assert len(killed) == 1 and "stopped by signal" in killed[0], "the killed job checkpoints on SIGTERM"
-        # the retry's log (the rule's log file, rewritten) begins after the epochs done before the kill
-        resumed = epoch_numbers((tmp_path / f"results/logs/mappers/{MAPPER_RUN}/{target}.log").read_text())
-        assert resumed and resumed[0] > 1 and resumed[-1] == config["mappers"]["train"]["epochs"], resumed[:3]
+        jobs = [job for job in mapper_jobs if job["wildcards"].endswith(f"_{target}")]
+        jobs.sort(key=lambda job: int(job["id"]))
+        assert len(jobs) >= 2, jobs
+        assert [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
+        assert all(limit_minutes(job["limit"]) == limit for job in jobs), f"each job asks for {limit} min: {jobs}"
+        logs = [next(tmp_path.glob(f".snakemake/slurm_logs/rule_train_mapper/*_{target}/{job['id']}.log")).read_text()
+                for job in jobs]
+        assert all("DUE TO TIME LIMIT" in log and "stopped by signal" in log for log in logs[:-1]), (
+            "a job killed at its time limit checkpoints on SIGTERM")
+        # every job after the first resumes where the one before stopped, each further on; the
+        # last one runs the remaining steps to the end
+        resumed = [resumed_steps(log) for log in logs]
+        assert resumed[0] == [] and all(len(steps) == 1 for steps in resumed[1:]), resumed
+        steps = [found[0] for found in resumed[1:]]
+        assert steps[0] > 0 and steps == sorted(set(steps)), f"no progress in some job: {steps}"
+        assert re.search(rf"ran steps {steps[-1] + 1} to (\d+) of \1 in this process", logs[-1]), logs[-1][-3000:]
+    resumed_weights = load_file(tmp_path / f"results/mappers/{MAPPER_RUN}/img/model.safetensors")
+    assert resumed_weights.keys() == uninterrupted.keys()
+    differing = [name for name in uninterrupted if not torch.equal(resumed_weights[name], uninterrupted[name])]
+    assert not differing, f"the training resumed across jobs differs from the uninterrupted one in {differing}"
 
 
 def test_subjects_fan_out_as_one_job_array(slurm_cluster, tmp_path):

@@ -5,13 +5,15 @@ expressions evaluate, the workflow profile cannot override it, and `make install
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, parse_workflow, tiny_config
 from test_envs import workflow_rules
 
 PROFILE = REPO / "profiles" / "slurm"
@@ -120,3 +122,79 @@ def test_install_profile_is_found_by_name_with_the_cluster_names(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "slurm_account=lab42" in result.stdout and "slurm_partition=gpu_a100" in result.stdout
+
+
+# Training rules: their retries follow their projected runtime (rules/common.smk: training_retries).
+TRAINING_RULES = {
+    "train_mapper": ("mappers", "runtime"),
+    "pretrain_generator": ("generator", "pretrain", "runtime"),
+    "finetune_generator": ("generator", "finetune", "runtime"),
+    "finetune_e2e": ("generator", "finetune", "runtime"),
+}
+
+
+def dry_run_runtimes(stdout: str) -> dict[str, int]:
+    """The runtime (minutes) of each job a dry run lists, by rule."""
+    runtimes, rule = {}, None
+    for line in stdout.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):", line):
+            rule = match.group(1)
+        elif rule is not None and (match := re.search(r"\bresources: .*\bruntime=(\d+)", line)):
+            runtimes[rule] = int(match.group(1))
+    return runtimes
+
+
+def test_no_job_asks_for_more_time_than_cluster_max_runtime(profile, tmp_path):
+    """A partition refuses a job that asks for more than its time limit: cluster.max_runtime caps
+    each job's ask, whether the profile (embed_images, prepare_subject) or the config (pre-training)
+    sets it; a smaller ask (the profile's default) stays as it is."""
+    max_runtime = 45
+    asked = {
+        "embed_images": eval(profile["set-resources"]["embed_images"]["runtime"], {"attempt": 1}),
+        "prepare_subject": eval(profile["set-resources"]["prepare_subject"]["runtime"], {"attempt": 1}),
+        "pretrain_generator": tiny_config()["generator"]["pretrain"]["runtime"],
+        "synthesize_nsd": eval(profile["default-resources"]["runtime"], {"attempt": 1}),
+    }
+    assert min(asked.values()) < max_runtime < min(asked[rule] for rule in asked if rule != "synthesize_nsd"), asked
+    profile_dir = tmp_path / "profile"
+    profile_dir.mkdir()
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(without_conda(profile), sort_keys=False))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = tiny_config(subjects=["subj01"], cluster={"max_runtime": max_runtime})
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--profile", str(profile_dir)]
+        + ["--configfile", "config.yaml", "--dry-run", "results/generator/pretrained/network.json"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    runtimes = dry_run_runtimes(result.stdout)
+    expected = {rule: min(minutes, max_runtime) for rule, minutes in asked.items()}
+    assert {rule: runtimes.get(rule) for rule in expected} == expected, runtimes
+    assert max(runtimes.values()) <= max_runtime, runtimes
+
+
+def test_training_rules_retry_once_per_further_max_runtime_of_their_projected_runtime(tmp_path):
+    """A training projected at `runtime` minutes needs ceil(runtime / max_runtime) jobs when each
+    may run max_runtime: its rule retries one fewer times than that (plus the profile's retries,
+    none when the workflow is only parsed)."""
+    max_runtime = 25
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(tiny_config(cluster={"max_runtime": max_runtime})))
+    workflow = parse_workflow(configfile)
+    retries = {}
+    for rule in workflow.rules:
+        if rule.name in TRAINING_RULES:
+            # the rule's own retries: directive (restart_times also needs the settings of a run)
+            retries[rule.name] = rule._restart_times
+    expected = {}
+    for rule, keys in TRAINING_RULES.items():
+        runtime = workflow.config
+        for key in keys:
+            runtime = runtime[key]
+        expected[rule] = math.ceil(runtime / max_runtime) - 1
+    assert retries == expected
+    assert max(expected.values()) >= 2 and min(expected.values()) >= 1, "the demo's runtimes show nothing here"
