@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import tiny_config
 
 from mindreader.evaluation import METRICS, BatteryConfig, evaluate_run
