@@ -155,9 +155,10 @@ def storage_from_bytes(data) -> torch.storage.TypedStorage:
     # of a storage, which the weights-only loader reads.
     if not isinstance(data, (bytes, bytearray)):
         raise LafiteImportError(f"tensor storage given as {type(data).__name__}, expected bytes")
+    buffer = io.BytesIO(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation notices
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        storage = torch.load(buffer, weights_only=True, map_location="cpu")
     if not isinstance(storage, torch.storage.TypedStorage):
         raise LafiteImportError(f"tensor storage bytes hold a {type(storage).__name__}, expected a storage")
     return storage
