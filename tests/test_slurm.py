@@ -5,10 +5,10 @@ its pid files afterwards. Without the SLURM packages the test skips, except in C
 where .ci/run installs them and a skip would hide a broken cluster set-up.
 
 One run of a tiny synthetic config, end to end, shows what a cluster run must survive: a
-training longer than any job may ask for (cluster.max_runtime, a partition's limit). Each mapper
+training longer than any job may ask for (cluster.max_runtime, a partition's limit). The mapper
 job is killed by SLURM at that limit, checkpoints on SIGTERM, and Snakemake resubmits it (the
 rule's retries, from the training's projected runtime) until one job finishes: the weights equal
-those of the same training run uninterrupted.
+those of the same training run uninterrupted, which trains here meanwhile.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ TEST_PROFILE = REPO / "profiles" / "slurm-test"
 # One test cluster on this machine at a time (slurm.conf lives at a fixed path).
 LOCK_FILE = Path("/tmp/mindreader-slurm-test.lock")
 # SLURM checks time limits every 30 s: a job with a limit of m minutes dies 60 m to 60 m + 30 s
-# after it starts. Training is planned to outlast that by this margin, so the kill lands in it.
-MARGIN_S = 45
+# after it starts. Training is planned to outlast that by this margin, so the kill lands in it
+# even when the job runs faster than it was timed.
+MARGIN_S = 60
 # Epochs timed (after warm-up) to measure one: long enough that two timing processes overlap.
 TIMED_EPOCHS = 301
 # The mappers' projected runtime in jobs of cluster.max_runtime: their rule's retries (the run
@@ -49,6 +50,8 @@ PROJECTED_JOBS = 8
 SUBJECT = "subj01"
 MAPPER_RUN = f"{SUBJECT}/cnn/mse_cos_contrastive"
 MAPPER_TARGETS = [f"results/mappers/{MAPPER_RUN}/{target}/metrics.json" for target in ("img", "cap")]
+# Trainings side by side while the mappers train: the img and cap jobs, and the uninterrupted run.
+CONCURRENT_TRAININGS = 3
 TINY = {
     "subjects": [SUBJECT],
     "clip": {
@@ -145,13 +148,15 @@ def seconds_per_epoch(workdir: Path, config: dict, folder: str, start) -> float:
 
 
 def epochs_for(seconds: float, workdir: Path, config: dict) -> int:
-    """Mapper epochs that take about ``seconds`` while the two mapper jobs (img and cap) train side
-    by side, as on the cluster: timed in two processes at once (one alone timed here ran twice as
-    fast as the jobs then did)."""
+    """Mapper epochs that take about ``seconds`` while CONCURRENT_TRAININGS run side by side, as
+    the mapper jobs and the uninterrupted training do: timed in as many processes at once (one
+    alone timed here ran twice as fast as two jobs then did)."""
+    n = CONCURRENT_TRAININGS
     spawn = multiprocessing.get_context("spawn")
-    with spawn.Manager() as manager, ProcessPoolExecutor(2, mp_context=spawn) as pool:
-        start = manager.Barrier(2)
-        per_epoch = max(pool.map(seconds_per_epoch, [workdir] * 2, [config] * 2, ["timing_a", "timing_b"], [start] * 2))
+    with spawn.Manager() as manager, ProcessPoolExecutor(n, mp_context=spawn) as pool:
+        start = manager.Barrier(n)
+        folders = [f"timing_{i}" for i in range(n)]
+        per_epoch = max(pool.map(seconds_per_epoch, [workdir] * n, [config] * n, folders, [start] * n))
     return math.ceil(seconds / per_epoch)
 
 
@@ -171,11 +176,26 @@ def resumed_steps(log: str) -> list[int]:
 
 
 def uninterrupted_mapper(workdir: Path, config: dict) -> Path:
-    """The img mapper of the run trained in one go, in this process; its model file."""
+    """The img mapper of the run trained in one go, in this process, with a job's threads (as
+    epochs_for timed it: more threads than cores spin idle beside the jobs); its model file."""
     out = workdir / "uninterrupted"
-    run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], out, "cnn", "mse_cos_contrastive", "img",
-               config["mappers"], config["seed"], torch.device("cpu"), None, subject=SUBJECT, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config["mappers"]["threads"])
+    try:
+        run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], out, "cnn", "mse_cos_contrastive",
+                   "img", config["mappers"], config["seed"], torch.device("cpu"), None, subject=SUBJECT, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out / "model.safetensors"
+
+
+def job_logs(workdir: Path, jobs: list[dict[str, str]]) -> list[str]:
+    return [next(workdir.glob(f".snakemake/slurm_logs/rule_train_mapper/*/{job['id']}.log")).read_text()
+            for job in jobs]
+
+
+def tails(logs: list[str], chars: int = 1500) -> str:
+    return "\n".join(f"--- job {i + 1} ---\n{log[-chars:]}" for i, log in enumerate(logs))
 
 
 def test_workflow_end_to_end_on_slurm_with_training_longer_than_the_time_limit(slurm_cluster, tmp_path):
@@ -188,22 +208,21 @@ def test_workflow_end_to_end_on_slurm_with_training_longer_than_the_time_limit(s
     epochs = epochs_for(60 * limit + MARGIN_S, tmp_path, config)
     config = deep_update(config, {"mappers": {"runtime": PROJECTED_JOBS * limit, "train": {"epochs": epochs}}})
     # No job may ask for more than `limit` minutes, and the mappers train for longer. --retries 0:
-    # the only retries are those the training rule takes from its projected runtime.
+    # the only retries are those the training rule takes from its projected runtime. Meanwhile, in
+    # this process (its main thread: training handles SIGTERM), the same training uninterrupted.
     capped = deep_update(config, {"cluster": {"max_runtime": limit}})
     before = {job["id"] for job in slurm_jobs()}
-    run_snakemake(tmp_path, MAPPER_TARGETS, capped, "--retries", "0", "--profile", str(TEST_PROFILE))
-    mapper_jobs = [job for job in slurm_jobs() if job["id"] not in before]
-
-    # The rest under the config's limit (a group job asks for the sum of its members' runtimes);
-    # meanwhile, in this process (its main thread: training handles SIGTERM), the img mapper's
-    # training without interruption.
-    before = {job["id"] for job in slurm_jobs()}
     with ThreadPoolExecutor(1) as pool:
-        downstream = pool.submit(run_snakemake, tmp_path, [], config, "--groups",
-                                 *groups("downstream", DOWNSTREAM_RULES), "--profile", str(TEST_PROFILE))
+        capped_run = pool.submit(run_snakemake, tmp_path, MAPPER_TARGETS, capped, "--retries", "0",
+                                 "--profile", str(TEST_PROFILE))
         uninterrupted = load_file(uninterrupted_mapper(tmp_path, config))
-        downstream.result()
+        capped_run.result()
+    mapper_jobs = sorted((job for job in slurm_jobs() if job["id"] not in before), key=lambda job: int(job["id"]))
 
+    # The rest under the config's limit (a group job asks for the sum of its members' runtimes).
+    before = {job["id"] for job in slurm_jobs()}
+    run_snakemake(tmp_path, [], config, "--groups", *groups("downstream", DOWNSTREAM_RULES),
+                  "--profile", str(TEST_PROFILE))
     for path in ["results/figures/fig3.pdf", "results/tables/comparison.csv",
                  f"results/metrics/{MAPPER_RUN}/img+cap/finetune.json"]:
         assert (tmp_path / path).stat().st_size > 0, path
@@ -215,21 +234,21 @@ def test_workflow_end_to_end_on_slurm_with_training_longer_than_the_time_limit(s
     assert {job["rule"] for job in mapper_jobs} == {"train_mapper"}, mapper_jobs
     for target in ("img", "cap"):
         jobs = [job for job in mapper_jobs if job["wildcards"].endswith(f"_{target}")]
-        jobs.sort(key=lambda job: int(job["id"]))
         assert len(jobs) >= 2, jobs
         assert [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
         assert all(limit_minutes(job["limit"]) == limit for job in jobs), f"each job asks for {limit} min: {jobs}"
-        logs = [next(tmp_path.glob(f".snakemake/slurm_logs/rule_train_mapper/*_{target}/{job['id']}.log")).read_text()
-                for job in jobs]
-        assert all("DUE TO TIME LIMIT" in log and "stopped by signal" in log for log in logs[:-1]), (
-            "a job killed at its time limit checkpoints on SIGTERM")
+        logs = job_logs(tmp_path, jobs)
+        assert all("DUE TO TIME LIMIT" in log for log in logs[:-1]), tails(logs)
+        # The first kill lands in the training, which checkpoints on SIGTERM. A later one may land
+        # just after a job's training ended (in writing the outputs): its successor only writes them.
+        assert "stopped by signal" in logs[0], tails(logs)
         # every job after the first resumes where the one before stopped, each further on; the
         # last one runs the remaining steps to the end
         resumed = [resumed_steps(log) for log in logs]
-        assert resumed[0] == [] and all(len(steps) == 1 for steps in resumed[1:]), resumed
+        assert resumed[0] == [] and all(len(steps) == 1 for steps in resumed[1:]), (resumed, tails(logs))
         steps = [found[0] for found in resumed[1:]]
-        assert steps[0] > 0 and steps == sorted(set(steps)), f"no progress in some job: {steps}"
-        assert re.search(rf"ran steps {steps[-1] + 1} to (\d+) of \1 in this process", logs[-1]), logs[-1][-3000:]
+        assert steps[0] > 0 and steps == sorted(set(steps)), (f"no progress in some job: {steps}", tails(logs))
+        assert re.search(rf"ran steps {steps[-1] + 1} to (\d+) of \1 in this process", logs[-1]), tails(logs[-1:])
     resumed_weights = load_file(tmp_path / f"results/mappers/{MAPPER_RUN}/img/model.safetensors")
     assert resumed_weights.keys() == uninterrupted.keys()
     differing = [name for name in uninterrupted if not torch.equal(resumed_weights[name], uninterrupted[name])]
