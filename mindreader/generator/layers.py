@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LRELU_SLOPE = 0.2
 # Activation name -> (function, gain that keeps unit variance after it).
 ACTIVATIONS = {
     "linear": (lambda x: x, 1.0),
-    "lrelu": (lambda x: F.leaky_relu(x, 0.2), math.sqrt(2.0)),
+    "lrelu": (lambda x: F.leaky_relu(x, LRELU_SLOPE), math.sqrt(2.0)),
 }
 
 
@@ -38,11 +39,39 @@ def bias_act(
     """Add a per-channel bias (dim 1), apply ``act``, scale by its gain times ``gain``, clamp."""
     if b is not None:
         x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
-    fn, act_gain = ACTIVATIONS[act]
-    x = fn(x) * (act_gain * gain)
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    return x
+    gain = ACTIVATIONS[act][1] * gain
+    if act == "linear" and clamp is None:
+        return x * gain  # keeps nothing for backward
+    return _ActClamp.apply(x, act, gain, clamp)
+
+
+class _ActClamp(torch.autograd.Function):
+    """act(x) * gain, clamped to +-clamp, keeping only its output for backward, as StyleGAN2-ADA's
+    bias_act does. Autograd through the three ops would keep the activation's input and the
+    clamp's input: two more activation-sized tensors in every layer (the output is kept anyway,
+    as the next layer's input). The gradient is made of differentiable ops of the incoming one, so
+    R1 and path length differentiate it again; it equals autograd's but where the clamp's input is
+    exactly +-clamp (autograd passes the gradient there, this does not)."""
+
+    @staticmethod
+    def forward(ctx, x, act: str, gain: float, clamp: float | None):
+        y = ACTIVATIONS[act][0](x) * gain
+        if clamp is not None:
+            y = y.clamp(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.act, ctx.gain, ctx.clamp = act, gain, clamp
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        # the ops autograd would run (clamp, gain, leaky ReLU), their conditions read off y
+        if ctx.clamp is not None:
+            dy = torch.where((y > -ctx.clamp) & (y < ctx.clamp), dy, 0.0)
+        dx = dy * ctx.gain
+        if ctx.act == "lrelu":
+            dx = torch.where(y > 0, dx, dx * LRELU_SLOPE)
+        return dx, None, None, None
 
 
 def setup_filter(taps: list[float]) -> torch.Tensor:
@@ -62,9 +91,42 @@ def upfirdn2d(
 ) -> torch.Tensor:
     """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), FIR filter, subsample.
 
-    ``x`` is (B, C, H, W) and ``f`` a 2-D filter applied to every channel alone.
+    ``x`` is (B, C, H, W) and ``f`` a constant 2-D filter (no gradient) applied to every channel alone.
     """
     check_shape(x, [None, None, None, None], "upfirdn2d x")
+    return _UpFirDn2d.apply(x, f, up, down, tuple(padding), gain)
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """upfirdn2d keeping nothing for backward but the filter: its gradient is the transposed
+    filtering (StyleGAN2-ADA's), itself an upfirdn2d, so it differentiates again. Autograd
+    through the padding and the depthwise convolution would keep the padded input, an
+    activation-sized copy, for the filter's gradient, which a constant filter does not need."""
+
+    @staticmethod
+    def forward(ctx, x, f, up: int, down: int, padding: tuple[int, int, int, int], gain: float):
+        ctx.save_for_backward(f)
+        ctx.up, ctx.down, ctx.padding, ctx.gain, ctx.in_size = up, down, padding, gain, x.shape[2:]
+        return _fir_filter(x, f, up, down, padding, gain)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f,) = ctx.saved_tensors
+        px0, _, py0, _ = ctx.padding
+        (in_h, in_w), (out_h, out_w) = ctx.in_size, dy.shape[2:]
+        fh, fw = f.shape
+        up, down = ctx.up, ctx.down
+        padding = (
+            fw - px0 - 1,
+            in_w * up - out_w * down + px0 - up + 1,
+            fh - py0 - 1,
+            in_h * up - out_h * down + py0 - up + 1,
+        )
+        return _UpFirDn2d.apply(dy, f.flip([0, 1]), down, up, padding, ctx.gain), None, None, None, None, None
+
+
+def _fir_filter(x: torch.Tensor, f: torch.Tensor, up: int, down: int, padding: tuple, gain: float) -> torch.Tensor:
+    """upfirdn2d's computation (differentiable by autograd, which keeps the padded input)."""
     batch, channels, height, width = x.shape
     if up > 1:
         x = x.reshape(batch, channels, height, 1, width, 1)

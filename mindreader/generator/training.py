@@ -194,9 +194,12 @@ class Trainer:
         rnd = StepRandom(self.cfg.seed, step, phase.name, self.device)
         losses, terms = phase.fn(batch, rnd)
         # Every group's gradients first: a step changes parameters that another group's graph uses.
+        # The graph is kept only for a group still to come: otherwise backward frees each saved
+        # tensor once used, so G's largest gradients never coexist with D's saved activations.
+        last = len(losses) - 1
         grads = {
-            group: torch.autograd.grad(loss, self.group_params(group), retain_graph=True, allow_unused=True)
-            for group, loss in losses.items()
+            group: torch.autograd.grad(loss, self.group_params(group), retain_graph=i < last, allow_unused=True)
+            for i, (group, loss) in enumerate(losses.items())
         }
         params = [p for group in grads for p in self.group_params(group)]
         for group, group_grads in grads.items():
