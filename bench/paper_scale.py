@@ -706,29 +706,10 @@ def paper_plan() -> tuple[list[dict], dict[str, int]]:
     """The jobs of the paper's dry run through profiles/slurm (on an empty NSD tree, every weights
     file present), and each rule's own retries (training: one per further cluster.max_runtime)."""
     from conftest import parse_workflow
-    from test_slurm_profile import without_conda
-    from test_workflow_lint import NSD_CONFIG, PAPER_SUBJECTS, _strings, planned_jobs, snakemake, write_nsd_tree
+    from test_workflow_lint import NSD_CONFIG, paper_dry_run, planned_jobs
 
-    config = yaml.safe_load(NSD_CONFIG.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        write_nsd_tree(workdir / config["nsd_root"], PAPER_SUBJECTS, config["prepare"]["sessions"])
-        profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-        (workdir / "profile").mkdir()
-        (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(without_conda(profile), sort_keys=False))
-        for path in (s for s in _strings(config) if s.startswith("resources/weights/")):
-            (workdir / path).parent.mkdir(parents=True, exist_ok=True)
-            (workdir / path).touch()
-        result = snakemake(
-            "--directory",
-            str(workdir),
-            "--profile",
-            str(workdir / "profile"),
-            "--configfile",
-            str(NSD_CONFIG),
-            "--dry-run",
-            cwd=workdir,
-        )
+        result = paper_dry_run(Path(tmp))
     if result.returncode != 0:
         raise RuntimeError(f"the dry run of config/nsd.yaml failed:\n{result.stderr[-3000:]}")
     retries = {rule.name: int(rule._restart_times or 0) for rule in parse_workflow(NSD_CONFIG).rules}

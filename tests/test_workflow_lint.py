@@ -169,31 +169,26 @@ def planned_jobs(dry_run_output: str) -> list[dict]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def paper_plan(tmp_path_factory):
-    """The dry run a user starts on the cluster: the SLURM profile (less conda, which cannot run
-    here), config/nsd.yaml, an NSD tree with subjects 1, 2, 5, 7 (37 sessions) and every weights
-    file present."""
-    workdir = tmp_path_factory.mktemp("paper")
+def paper_dry_run(workdir: Path) -> subprocess.CompletedProcess:
+    """The dry run a user starts on the cluster, in ``workdir``: the SLURM profile (less conda,
+    which cannot run here), config/nsd.yaml, an NSD tree with subjects 1, 2, 5, 7 (37 sessions) and
+    every weights file present. bench/paper_scale.py projects the paper's jobs from it too."""
     config = yaml.safe_load(NSD_CONFIG.read_text())
     write_nsd_tree(workdir / config["nsd_root"], PAPER_SUBJECTS, config["prepare"]["sessions"])
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     (workdir / "profile").mkdir()
     (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(without_conda(profile), sort_keys=False))
-    weights = [s for s in _strings(config) if s.startswith("resources/weights/")]
-    for path in weights:
+    for path in (s for s in _strings(config) if s.startswith("resources/weights/")):
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
         (workdir / path).touch()
-    result = snakemake(
-        "--directory",
-        str(workdir),
-        "--profile",
-        str(workdir / "profile"),
-        "--configfile",
-        str(NSD_CONFIG),
-        "--dry-run",
-        cwd=workdir,
-    )
+    return snakemake("--directory", str(workdir), "--profile", str(workdir / "profile"), "--configfile",
+                     str(NSD_CONFIG), "--dry-run", cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """The jobs of the paper's dry run (paper_dry_run)."""
+    result = paper_dry_run(tmp_path_factory.mktemp("paper"))
     assert result.returncode == 0, f"dry run of config/nsd.yaml failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     return planned_jobs(result.stdout)
 
