@@ -56,13 +56,13 @@ SMOKE_OVERRIDES: dict[str, Any] = {
         "train": {"epochs": 1, "batch_size": 8, "batch_size_plain": 8},
     },
     # Batch 2 (the paper's 16 peaked at 21.8 GB of host memory), the least that gives the
-    # contrastive terms a choice; pre-training 2 steps, each fine-tuning 1. The lazy regularisers
-    # (R1 every 16 steps, path length every 4) run at step 0, so both run in every training job at
-    # their paper intervals. One thread: two jobs side by side (~5 GB each at most).
+    # contrastive terms a choice; one step of every training job. The lazy regularisers (R1 every
+    # 16 steps, path length every 4) run at step 0, so both run in every training job at their
+    # paper intervals. One thread: two jobs side by side (~5 GB each at most).
     "generator": {
         "batch": 2,
         "threads": 1,
-        "pretrain": {"kimg": 0.004},
+        "pretrain": {"kimg": 0.002},
         "finetune": {"kimg": 0.002},
     },
     "evaluation": {"threads": 1},
@@ -149,7 +149,10 @@ def _fid_inception_state() -> dict:
 RANDOM_WEIGHTS = (
     RandomWeights("clip", ("clip",), lambda cfg: _clip_state(cfg["clip"]["model"]), half=True),
     RandomWeights(
-        "evaluation_clip", ("evaluation", "clip"), lambda cfg: _clip_state(cfg["evaluation"]["clip"]["model"]), half=True
+        "evaluation_clip",
+        ("evaluation", "clip"),
+        lambda cfg: _clip_state(cfg["evaluation"]["clip"]["model"]),
+        half=True,
     ),
     RandomWeights("inception_fid", ("evaluation", "networks", "inception_fid"), lambda cfg: _fid_inception_state()),
     *(
@@ -219,7 +222,8 @@ def metrics_problems(summary: Mapping[str, Any], where: str) -> list[str]:
     applicable (it scores the mappers' predictions), and so not a problem."""
     from mindreader.evaluation.battery import METRICS
 
-    problems = [f"{where}: network {name} {state}" for name, state in summary.get("networks", {}).items() if not state.startswith("loaded")]
+    networks = summary.get("networks", {})
+    problems = [f"{where}: network {name} {how}" for name, how in networks.items() if not how.startswith("loaded")]
     for metric in METRICS:
         if summary.get("source") == "oracle" and metric.kind == "retrieval":
             continue

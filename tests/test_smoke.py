@@ -109,7 +109,8 @@ def test_the_check_flags_a_table_cell_not_measured():
     rows = [{**row, "source": "brain", "fid_generated_lo": math.nan}, {**oracle, "source": "oracle"}]
     assert smoke.table_problems(pd.DataFrame(rows), ABLATION_COLUMNS, "t.csv") == []
     rows[0]["swav"] = math.nan
-    assert smoke.table_problems(pd.DataFrame(rows), ABLATION_COLUMNS, "t.csv") == ["t.csv row 0 (brain): swav not measured"]
+    problems = smoke.table_problems(pd.DataFrame(rows), ABLATION_COLUMNS, "t.csv")
+    assert problems == ["t.csv row 0 (brain): swav not measured"]
 
 
 def test_the_check_of_an_unfinished_run_names_what_is_absent(tmp_path):
