@@ -14,6 +14,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+# PyTorch backs its large CPU tensors with transparent huge pages: without them a paper-size
+# generator job on the CPU spends a fifth of its time in the kernel faulting in 4 KB pages
+# (measured: 13 M page faults and 26 s of 98 CPU-s; with them 0.9 M and 15 s). Yours wins if set.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 envvars:
     "PYTHONPATH",
 
