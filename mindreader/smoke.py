@@ -17,7 +17,6 @@ import copy
 import hashlib
 import math
 import sys
-import unittest.mock
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,22 +126,13 @@ def _battery_state(name: str) -> dict:
     return state
 
 
-def _fid_inception_state() -> dict:
-    from pytorch_fid import inception as fid_inception
+def random_fid_inception_state() -> dict:
+    """A random state dict of pytorch-fid's Inception, calibrated on [-1, 1] images at 299 px (as
+    pytorch-fid feeds them). Its FID blocks keep torchvision's parameter names and shapes, so a
+    torchvision Inception3 with 1008 classes has exactly the state dict its download holds."""
+    import torchvision
 
-    # pytorch-fid's own builder: torchvision's Inception with its FID blocks swapped in, loading
-    # what its download would give; hand it the network's own random state instead.
-    built, build = [], fid_inception._inception_v3
-
-    def keep(*args, **kwargs):
-        built.append(build(*args, **kwargs))
-        return built[-1]
-
-    with unittest.mock.patch.object(fid_inception, "_inception_v3", keep), unittest.mock.patch.object(
-        fid_inception, "load_state_dict_from_url", lambda *args, **kwargs: built[-1].state_dict()
-    ):
-        model = fid_inception.fid_inception_v3()
-    # pytorch-fid feeds it images scaled to [-1, 1] at 299 px
+    model = torchvision.models.inception.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     return _calibrated(model, 299, -1.0, 1.0)
 
 
@@ -154,7 +144,7 @@ RANDOM_WEIGHTS = (
         lambda cfg: _clip_state(cfg["evaluation"]["clip"]["model"]),
         half=True,
     ),
-    RandomWeights("inception_fid", ("evaluation", "networks", "inception_fid"), lambda cfg: _fid_inception_state()),
+    RandomWeights("inception_fid", ("evaluation", "networks", "inception_fid"), lambda cfg: random_fid_inception_state()),
     *(
         RandomWeights(name, ("evaluation", "networks", name), lambda cfg, name=name: _battery_state(name))
         for name in ("alexnet", "inception_v3", "efficientnet_b1", "swav")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from conftest import TINY_RUN, run_snakemake, tiny_config
 
 from mindreader import metrics
@@ -26,6 +25,7 @@ from mindreader.io import read_json
 from mindreader.generator.networks import Discriminator, Generator
 from mindreader.generator.store import architecture, save_networks
 from mindreader.nsd.paths import STIMULI_RELPATH
+from mindreader.smoke import random_fid_inception_state
 from mindreader.weights import sha256_of
 
 torch.set_num_threads(1)
@@ -44,20 +44,11 @@ CFG = BatteryConfig(
 
 @pytest.fixture(scope="module")
 def inception_state():
-    """Random weights for pytorch-fid's Inception: its FID blocks have torchvision's parameter names
-    and shapes, so a torchvision Inception3 with 1008 classes has exactly its state dict. The batch
-    norms' running statistics are set from one batch of random images (inputs in [-1, 1], as
-    pytorch-fid feeds them): with the defaults (mean 0, var 1) the random network's features are
-    ~1e-6 and every distance vanishes below the tests' tolerances."""
+    """Random weights for pytorch-fid's Inception, the smoke run's: with the batch norms' default
+    statistics (mean 0, var 1) the random network's features are ~1e-6 and every distance would
+    vanish below the tests' tolerances."""
     torch.manual_seed(0)
-    model = torchvision.models.inception.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: the running statistics of this one batch
-            module.reset_running_stats()
-    with torch.no_grad():
-        model.train()(torch.rand(8, 3, 299, 299) * 2 - 1)
-    return model.state_dict()
+    return random_fid_inception_state()
 
 
 @pytest.fixture(scope="module")
