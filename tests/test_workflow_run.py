@@ -97,7 +97,9 @@ def test_clip_embeds_every_seen_image_once_and_screens_captions(tiny_run):
         with h5py.File(tiny_run / f"results/prepared/{subject}.h5") as f:
             test_ids |= set(f["test/nsd_id"][()].tolist())
     assert metrics["heldout"]["n"] == len(test_ids) and metrics["steps"] == CONFIG["clip"]["demo"]["steps"]
-    assert metrics["n_train_images"] == len(set(seen.tolist()) - test_ids)  # no test image in training
+    # clip.demo.corpus tree: every stimulus of the tree; subjects: the images the subjects saw
+    corpus = set(range(nsd.n_images)) if CONFIG["clip"]["demo"]["corpus"] == "tree" else set(seen.tolist())
+    assert metrics["n_train_images"] == len(corpus - test_ids)  # no test image in training
 
 
 def test_mapper_folders(tiny_run):

@@ -2,7 +2,8 @@
 
 No pretrained weights can ship with the project, so the embedded default trains a tiny CLIP
 (ModifiedResNet image tower, small text transformer, open_clip's ClipLoss) for a minute or two
-on the CPU, on the TRAINING images only, and uses it everywhere the paper uses CLIP. It is saved
+on the CPU, never on a test image (clip.demo.corpus: every other stimulus of the tree, or the
+subjects' training images), and uses it everywhere the paper uses CLIP. It is saved
 as an open_clip folder (`open_clip_config.json` + `open_clip_model.safetensors`) and loaded by
 `load_clip` exactly like pretrained weights. Held-out retrieval goes into its metrics.
 """

@@ -83,6 +83,25 @@ def split_ids(prepared_files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, 
     return np.setdiff1d(np.concatenate(train), heldout), heldout
 
 
+# Where the demo CLIP's training images come from (clip.demo.corpus).
+DEMO_CORPORA = ("tree", "subjects")
+
+
+def demo_clip_ids(nsd: NSD, prepared_files: Sequence[str | os.PathLike], corpus: str) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, held-out ids) of the demo CLIP; held out: any prepared subject's test images.
+
+    ``tree``: every stimulus of the tree but the held-out ones, as a real CLIP learns from images
+    outside the experiment (the synthetic tree draws all 8 subjects' images). ``subjects``: the
+    prepared subjects' training images only.
+    """
+    train_ids, heldout_ids = split_ids(prepared_files)
+    if corpus == "tree":
+        train_ids = np.setdiff1d(np.arange(nsd.n_images, dtype=np.int64), heldout_ids)
+    elif corpus != "subjects":
+        raise ValueError(f"clip.demo.corpus must be one of {DEMO_CORPORA}, got {corpus!r}")
+    return train_ids, heldout_ids
+
+
 def make_demo_clip(
     nsd_root: str | os.PathLike,
     prepared_files: Sequence[str | os.PathLike],  # results/prepared/{subject}.h5 of every subject
@@ -92,13 +111,16 @@ def make_demo_clip(
     output_curve: str | os.PathLike,  # curve.csv beside the model
     output_metrics: str | os.PathLike,  # metrics.json beside the model
 ) -> None:
-    """Train the demo CLIP on the training images' captions; save it to clip_cfg['demo']['dir']."""
+    """Train the demo CLIP on its training images' captions; save it to clip_cfg['demo']['dir']."""
     demo_cfg = clip_cfg["demo"]
     nsd = NSD(nsd_root)
-    train_ids, heldout_ids = split_ids(prepared_files)
+    train_ids, heldout_ids = demo_clip_ids(nsd, prepared_files, demo_cfg["corpus"])
     if len(train_ids) == 0 or len(heldout_ids) == 0:
         raise ValueError(f"{', '.join(map(str, prepared_files))}: need training and held-out images, got {len(train_ids)} and {len(heldout_ids)}")
-    log.info("demo CLIP: %d training images, %d held out (test images of any subject)", len(train_ids), len(heldout_ids))
+    log.info(
+        "demo CLIP: %d training images (corpus %s), %d held out (test images of any subject)",
+        len(train_ids), demo_cfg["corpus"], len(heldout_ids),
+    )
     torch.manual_seed(seed)
     model, tokenizer = build_demo_clip(demo_cfg)
     captions = nsd.captions(np.concatenate([train_ids, heldout_ids]))
