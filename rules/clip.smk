@@ -32,6 +32,8 @@ if CLIP["train_demo"]:
         threads: 1
         resources:
             mem_mb=4000,
+        params:
+            config=config_param("clip.demo", "seed"),
         script:
             "../scripts/train_demo_clip.py"
 
@@ -51,6 +53,10 @@ rule embed_images:
     threads: CLIP["threads"]
     resources:
         mem_mb=8000,
+    params:
+        config=config_param(
+            "clip", "subjects", "prepare.sessions", "seed", without=["clip.screening"]
+        ),
     script:
         "../scripts/embed_images.py"
 
@@ -72,6 +78,8 @@ rule embed_captions:
     threads: CLIP["threads"]
     resources:
         mem_mb=8000,
+    params:
+        config=config_param("clip", "seed"),
     script:
         "../scripts/embed_captions.py"
 

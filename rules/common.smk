@@ -3,6 +3,7 @@
 # included first; a function that uses another stage's helper is called only when a rule is
 # defined, after the helpers above it exist.
 import hashlib
+import json
 import math
 import os
 import re
@@ -23,6 +24,55 @@ from mindreader.nsd.paths import (
 from mindreader.weights import sha256_of
 
 validate(config, schema="../config/schema.yaml")
+
+# Config keys that say where and how fast a job runs, not what it computes (by name anywhere, or
+# by path): config_param leaves them out, so changing them reruns nothing.
+RUN_ONLY_KEYS = {"threads", "gpus", "mem_mb", "runtime"}
+RUN_ONLY_PATHS = {
+    "prepare.chunk_trials",
+    "clip.batch_size",
+    "generator.log_steps",
+    "generator.reconstruct.batch",
+    "evaluation.batch_size",
+}
+
+
+# How the CLIP targets are made, not which CLIP: read by the embedding rules only. The other
+# rules load the CLIP model alone.
+CLIP_TARGET_KEYS = [
+    "clip.screening",
+    "clip.augment",
+    "clip.n_aug",
+    "clip.clamp",
+    "clip.normalize",
+]
+
+
+def config_param(*paths, without=()):
+    """The config values at `paths` (dotted: "clip.demo"), less the paths in `without` and the
+    run-only keys above, as one canonical JSON string: a rule's `config` param. Snakemake reruns
+    a job whose params changed, so a change to what a rule's script reads reruns the rule (and,
+    by time stamps, everything after it). Sections upstream of a rule's inputs may be included
+    freely: a change to them reruns the rule anyway."""
+    skipped = RUN_ONLY_PATHS | set(without)
+
+    def kept(value, path):
+        if not isinstance(value, dict):
+            return value
+        return {
+            key: kept(item, f"{path}.{key}")
+            for key, item in value.items()
+            if key not in RUN_ONLY_KEYS and f"{path}.{key}" not in skipped
+        }
+
+    picked = {}
+    for path in paths:
+        value = config
+        for key in path.split("."):
+            value = value[key]
+        picked[path] = kept(value, path)
+    return json.dumps(picked, sort_keys=True)
+
 
 SUBJECTS = config["subjects"]
 NSD_ROOT = config["nsd_root"]

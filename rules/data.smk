@@ -16,9 +16,7 @@ if SYNTHETIC:
         resources:
             mem_mb=1000,
         params:
-            # a change of the synthetic world or of the subjects rewrites the tree
-            synthetic=config["synthetic"],
-            subjects=SUBJECTS,
+            config=config_param("synthetic", "subjects"),
         script:
             "../scripts/synthesize_nsd.py"
 
@@ -39,5 +37,7 @@ rule prepare_subject:
         # measured: ~0.2 GB for one full-size session; a real subject adds its averaged samples
         # (~0.06 GB for the test set, ~0.55 GB more with train_repeats: average)
         mem_mb=2000,
+    params:
+        config=config_param("prepare", "seed"),
     script:
         "../scripts/prepare_subject.py"

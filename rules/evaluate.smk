@@ -47,6 +47,12 @@ rule evaluate_run:
     resources:
         mem_mb=8000,
     params:
+        config=config_param(
+            "evaluation",
+            "clip",
+            "seed",
+            without=["evaluation.figure_images", *CLIP_TARGET_KEYS],
+        ),
         predictions=evaluation_predictions,
         weights_present=weights_present(),
         data=data_description(),
@@ -75,6 +81,7 @@ rule fid_generated:
     resources:
         mem_mb=8000,
     params:
+        config=config_param("evaluation", "seed"),
         true_targets=None,
     script:
         "../scripts/fid_generated.py"
@@ -94,6 +101,7 @@ use rule fid_generated as fid_generated_oracle with:
     benchmark:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}{ORACLE_SUFFIX}.fid_generated.tsv"
     params:
+        config=config_param("evaluation", "seed"),
         true_targets=oracle_targets,
 
 
@@ -126,6 +134,7 @@ rule make_tables:
     conda:
         "../envs/plots.yaml"
     params:
+        config=config_param("ablations"),
         runs=evaluation_runs(),
         data=data_description(),
     script:
@@ -162,6 +171,7 @@ rule scene_recovery_table:
         mem_mb=8000,
     params:
         **scene_recovery_inputs(),
+        config=config_param("evaluation.bootstrap", "seed"),
         data=data_description(),
         title=f"Where the planted scene is lost: per factor, what the CLIP space holds (clip), what "
         f"the brain mapping keeps (brain_embedding), what the generator draws from the true (oracle) "

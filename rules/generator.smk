@@ -32,6 +32,19 @@ rule pretrain_generator:
         mem_mb=GEN["pretrain"]["mem_mb"],
         runtime=training_runtime(GEN["pretrain"]["runtime"]),
     params:
+        # fine-tuning's keys, and how the CLIP targets are made, do not rerun pre-training
+        config=config_param(
+            "generator",
+            "clip",
+            "seed",
+            without=[
+                "generator.finetune",
+                "generator.e2e",
+                "generator.reconstruct",
+                "generator.init",
+                *CLIP_TARGET_KEYS,
+            ],
+        ),
         stage="pretrain",
         checkpoint_dir="results/checkpoints/generator/pretrained",
     script:
@@ -84,6 +97,17 @@ rule finetune_generator:
         mem_mb=GEN["finetune"]["mem_mb"],
         runtime=training_runtime(GEN["finetune"]["runtime"]),
     params:
+        config=config_param(
+            "generator",
+            "clip",
+            "seed",
+            without=[
+                "generator.pretrain",
+                "generator.e2e",
+                "generator.reconstruct",
+                *CLIP_TARGET_KEYS,
+            ],
+        ),
         stage="finetune",
         init=GENERATOR_INIT,
         checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
@@ -124,6 +148,13 @@ rule finetune_e2e:
         mem_mb=GEN["finetune"]["mem_mb"],
         runtime=training_runtime(GEN["finetune"]["runtime"]),
     params:
+        config=config_param(
+            "generator",
+            "mappers",
+            "clip",
+            "seed",
+            without=["generator.pretrain", "generator.reconstruct", *CLIP_TARGET_KEYS],
+        ),
         stage="e2e",
         init=GENERATOR_INIT,
         checkpoint_dir=lambda w: "results/checkpoints/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}".format(
@@ -162,6 +193,7 @@ rule reconstruct:
     resources:
         mem_mb=4000,
     params:
+        config=config_param("generator.reconstruct", "seed"),
         true_targets=lambda w: oracle_targets(w) if ORACLE else None,
     script:
         "../scripts/reconstruct.py"

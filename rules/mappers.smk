@@ -30,6 +30,7 @@ rule train_mapper:
         mem_mb=MAPPER_CFG["mem_mb"],
         runtime=training_runtime(MAPPER_CFG["runtime"]),
     params:
+        config=config_param("mappers", "seed"),
         checkpoint_dir=lambda w: "results/checkpoints/mappers/{subject}/{mapper}/{loss}/{target}".format(
             **dict(w.items())
         ),

@@ -32,6 +32,7 @@ rule fig3:
     conda:
         "../envs/plots.yaml"
     params:
+        config=config_param("evaluation.figure_images"),
         labels=[label for label, _ in fig3_rows()],
         title=f"Reconstructions of {FIGURE_SUBJECT}'s test images per conditioning variant "
         f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})"
@@ -60,6 +61,7 @@ rule subject_reconstructions:
     conda:
         "../envs/plots.yaml"
     params:
+        config=config_param("evaluation.figure_images"),
         labels=lambda w: [label for label, _ in subject_grid_rows(w.subject)],
         title=lambda w: f"Reconstructions of {w.subject}'s test images per mapper "
         f"(variant {MAIN['variant']}, strategy {MAIN['strategy']})",

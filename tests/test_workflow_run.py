@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_RUN, run_snakemake, tiny_config
+from conftest import TINY_RUN, deep_update, run_snakemake, tiny_config
 
 from mindreader.io import read_json
 from mindreader.mappers import load_mapper
@@ -274,6 +274,41 @@ def test_tables_and_figures(tiny_run):
     assert "ours: ridge" in md and "ours: mlp" in md and "[quoted, not measured]" in md and "Not measured (" in md
     dry = run_snakemake(tiny_run, [], CONFIG, "--dry-run")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def rules_whose_params_changed(dry_run: str) -> set[str]:
+    """The rules a dry run plans because their params changed (its closing summary of reasons)."""
+    found = re.search(r"params have changed since last execution:\n\s+(.+)", dry_run)
+    return set(found.group(1).split(", ")) if found else set()
+
+
+@pytest.mark.parametrize(
+    "change, rules",
+    [
+        ({"mappers": {"cnn": {"hidden": 5}}}, {"train_mapper"}),
+        # fine-tuning's length: not pre-training
+        ({"generator": {"finetune": {"kimg": 0.008}}}, {"finetune_generator", "finetune_e2e"}),
+        # the caption screening: not the images, nor pre-training
+        ({"clip": {"screening": {"rule": "topk_mean"}}}, {"embed_captions"}),
+        ({"evaluation": {"figure_images": 3}}, {"fig3", "subject_reconstructions"}),
+        # where and how fast jobs run: nothing
+        (
+            {
+                "device": "cpu",
+                "cluster": {"max_runtime": 60},
+                "mappers": {"threads": 2, "runtime": 9},
+                "generator": {"pretrain": {"runtime": 99, "mem_mb": 9000}, "reconstruct": {"batch": 3}},
+                "evaluation": {"batch_size": 5},
+            },
+            set(),
+        ),
+    ],
+)
+def test_a_config_change_reruns_exactly_the_rules_that_read_it(tiny_run, change, rules):
+    dry = run_snakemake(tiny_run, [], deep_update(CONFIG, change), "--dry-run")
+    assert rules_whose_params_changed(dry.stdout) == rules, dry.stdout[-3000:]
+    if not rules:
+        assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
 def test_report(tiny_run):
