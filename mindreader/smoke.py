@@ -63,6 +63,9 @@ SMOKE_OVERRIDES: dict[str, Any] = {
         "threads": 1,
         "pretrain": {"kimg": 0.002},
         "finetune": {"kimg": 0.002},
+        # the sample grid at the end of each training: 2 images, not 8 (16 G_ema images at 256 px
+        # were a quarter of a smoke training job)
+        "sample_images": 2,
     },
     "evaluation": {"threads": 1},
     # The main setting, and on subj01 the caption-only and avg variants, scratch and e2e, and the

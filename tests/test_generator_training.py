@@ -4,6 +4,7 @@ gloo processes (launched by torchrun) equal one process with the same global bat
 Run as a script under torchrun this file is the distributed worker of the last test.
 """
 
+import dataclasses
 import math
 import os
 import signal
@@ -116,6 +117,14 @@ def test_sample_grid_shows_reals_above_draws_enlarged_to_a_readable_size(tmp_pat
     np.testing.assert_array_equal(grid[::scale, ::scale][:16], np.concatenate(list(reals), axis=1))
 
 
+def test_the_trainers_sample_grid_has_sample_images_columns(tmp_path):
+    trainer = make_trainer(tmp_path / "ckpt")
+    trainer.cfg = dataclasses.replace(trainer.cfg, sample_images=3)
+    trainer.grid_dir = tmp_path
+    trainer.grid("samples.png")
+    assert np.asarray(Image.open(tmp_path / "samples.png")).shape == (3 * 16 * 8, 3 * 16 * 8, 3)
+
+
 def test_interrupt_and_resume_gives_the_same_weights(tmp_path, caplog):
     uninterrupted = weights(make_trainer(tmp_path / "a").train())
 
@@ -197,11 +206,13 @@ def test_ema_ramps_up_only_when_training_starts_from_random_weights():
         "ema_rampup": 0.05,
         "checkpoint_kimg": 1.0,
         "sample_kimg": 0.0,
+        "sample_images": 5,
         "log_steps": 1,
         "max_nonfinite_steps": 10,
         "e2e": {"mapper_lr": None, "mapper_betas": None, "mapper_lazy_interval": 10},
     }
     assert train_config(cfg, 1.0, 0, initialised=False).ema_rampup == 0.05
+    assert train_config(cfg, 1.0, 0, initialised=False).sample_images == 5
     assert train_config(cfg, 1.0, 0, initialised=True).ema_rampup is None
     # The end-to-end mappers default to G's optimiser settings, as the original.
     assert train_config(cfg, 1.0, 0, initialised=True).mapper_lr == 0.0025

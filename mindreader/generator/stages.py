@@ -93,6 +93,7 @@ def train_config(cfg: dict, kimg: float, seed: int, initialised: bool) -> TrainC
         ema_rampup=None if initialised else cfg["ema_rampup"],
         checkpoint_kimg=cfg["checkpoint_kimg"],
         sample_kimg=cfg["sample_kimg"],
+        sample_images=cfg["sample_images"],
         log_steps=cfg["log_steps"],
         max_nonfinite_steps=cfg["max_nonfinite_steps"],
         seed=seed,

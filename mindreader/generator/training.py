@@ -62,6 +62,7 @@ class TrainConfig:
     ema_rampup: float | None = 0.05  # half-life at most this fraction of the images shown (None: off)
     checkpoint_kimg: float = 10.0  # checkpoint every this many kimg (0: only on SIGTERM)
     sample_kimg: float = 0.0  # sample grid every this many kimg (0: only at the end)
+    sample_images: int = 8  # training images (columns) of a sample grid
     log_steps: int = 10  # one row of losses.csv per this many steps
     max_nonfinite_steps: int = 10  # fail after a phase's gradients are non-finite this many times in a row
     seed: int = 0  # seed of every random draw of the loop
@@ -326,6 +327,7 @@ class Trainer:
             self.device,
             self.mappers,
             seed=self.cfg.seed,
+            n=self.cfg.sample_images,
         )
 
     def crossed(self, every_kimg: float, step: int) -> bool:
