@@ -151,3 +151,10 @@ def test_retrieval_curves_and_bars_render(tmp_path):
     fig = metric_bars(runs, ["fid_paired", "clip", "img_ret"], "b")
     assert "not measured" in fig.axes[0].texts[0].get_text()
     save_figure(fig, tmp_path / "b.pdf", tmp_path / "b.png")
+    # FD's bootstrap replicates are biased upward: the CI may lie wholly above the value, and the
+    # whisker still spans exactly the CI
+    biased = _summary(0)
+    biased["metrics"]["clip"] = {"value": 0.10, "ci95": [0.12, 0.30]}
+    fig = metric_bars([("img", biased)], ["clip"], "b")
+    (whisker,) = fig.axes[0].collections[0].get_segments()
+    np.testing.assert_allclose(sorted(whisker[:, 1]), [12.0, 30.0])

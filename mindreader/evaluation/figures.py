@@ -34,6 +34,12 @@ def choose_columns(n_images: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_images - 1, min(k, n_images)).round().astype(int))
 
 
+def interval_bars(ax: plt.Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, **style) -> None:
+    """Whiskers from lo to hi at each x, drawn apart from the point estimate: the bootstrap CI of a
+    biased statistic (FD: resampling with replacement inflates it) may lie wholly above it."""
+    ax.errorbar(x, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", **style)
+
+
 def save_figure(fig: plt.Figure, pdf: str | os.PathLike, png: str | os.PathLike | None = None) -> None:
     """PDF (and PNG at 150 dpi), each written atomically; closes the figure."""
     for path, kwargs in ((pdf, {}), (png, {"dpi": 150})):
@@ -194,7 +200,7 @@ def metric_bars(
         hi = np.array([r["ci95"][1] * scale if "ci95" in r else np.nan for r in results])
         x = np.arange(len(runs))
         ax.bar(x, values, color="tab:blue", alpha=0.75)
-        ax.errorbar(x, values, yerr=[values - lo, hi - values], fmt="none", ecolor="black", capsize=3, linewidth=1)
+        interval_bars(ax, x, lo, hi, ecolor="black", capsize=3, linewidth=1)
         chance = next((r["chance"] * scale for r in results if "chance" in r), None)
         if chance is None and metric.kind == "two_way":
             chance = 50.0
@@ -255,17 +261,9 @@ def scene_recovery_figure(
             colour = colours[i % len(colours)]
             value, lo, hi = column(factor), column(f"{factor}_lo"), column(f"{factor}_hi")
             shown = ~np.isnan(value)
-            ax.errorbar(
-                x[shown],
-                value[shown],
-                yerr=[value[shown] - lo[shown], hi[shown] - value[shown]],
-                color=colour,
-                marker="o",
-                markersize=3,
-                capsize=2,
-                linewidth=1.2,
-                label=factor.replace("_", " "),
-            )
+            ax.plot(x[shown], value[shown], color=colour, marker="o", markersize=3, linewidth=1.2,
+                    label=factor.replace("_", " "))
+            interval_bars(ax, x[shown], lo[shown], hi[shown], ecolor=colour, capsize=2, linewidth=1.2)
             ax.plot(x[shown], column(f"chance_{factor}")[shown], color=colour, linestyle="--", linewidth=0.8)
         ax.set_xticks(x, [s.replace("_", "\n") for s in SCENE_STAGES], fontsize=7)
         ax.set_ylim(0, 1.02)
