@@ -44,3 +44,13 @@ rule all:
 
 # Every job's time limit, whoever set it, at most cluster.max_runtime (rules/common.smk).
 cap_runtimes(workflow.rules)
+
+
+# Training jobs keep their last checkpoint (a job cut at its time limit after writing its outputs
+# counts as failed, and its rerun resumes there): remove those whose outputs are now accepted.
+onsuccess:
+    # imported here, not at the top: it imports torch
+    from mindreader.checkpoint import remove_finished_checkpoints
+
+    for folder in remove_finished_checkpoints("results/checkpoints"):
+        print(f"removed {folder}: its training's outputs are in place")

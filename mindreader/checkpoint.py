@@ -9,6 +9,14 @@ Cluster jobs get SIGTERM at their time limit or on preemption. ``StopOnSignal`` 
 flag the training loop polls between steps; the loop saves and raises ``TrainingInterrupted``,
 the job exits non-zero, and the retry resumes from the checkpoint. Keep checkpoint folders out
 of a rule's declared outputs: Snakemake deletes those when a job fails.
+
+A training job leaves its checkpoint folder in place, with a record of the outputs it wrote
+(``record_outputs``): the scheduler can still fail a job that has written everything (a time
+limit that strikes while the job exits), Snakemake then deletes the outputs, and the rerun
+resumes from the checkpoint instead of training anew (the generator saves one at its last step,
+so its rerun only writes the outputs; a mapper's redoes the steps after its last periodic one).
+The workflow removes the folders of accepted outputs once it has succeeded
+(``remove_finished_checkpoints``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import copy
 import logging
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
+OUTPUTS_FILE = "outputs.json"
 # Exit status of a run that stopped on SIGTERM after checkpointing (128 + SIGTERM, as a shell reports it).
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
@@ -156,3 +166,27 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         raise ValueError(f"{directory / TENSORS_FILE}: unreadable checkpoint tensors ({err})") from err
     log.info("resuming from checkpoint %s (step %s)", directory, state.get("step"))
     return tensors, state
+
+
+def record_outputs(directory: str | os.PathLike, outputs: list[str]) -> None:
+    """Note in a training's checkpoint folder that its job has written ``outputs`` (paths as the
+    workflow names them, relative to its working directory). A fit that checkpoints nothing
+    (ridge) has no folder, and nothing to keep."""
+    if Path(directory).is_dir():
+        write_json(Path(directory) / OUTPUTS_FILE, {"outputs": [str(path) for path in outputs]})
+
+
+def forget_outputs(directory: str | os.PathLike) -> None:
+    """Drop the record of a previous job's outputs: a job starting in this folder writes them anew."""
+    (Path(directory) / OUTPUTS_FILE).unlink(missing_ok=True)
+
+
+def remove_finished_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Remove each checkpoint folder under ``root`` whose recorded outputs all exist; the folders
+    removed. Call it when the workflow has succeeded: every such output was then accepted."""
+    removed = []
+    for record in sorted(Path(root).rglob(OUTPUTS_FILE)):
+        if all(Path(path).exists() for path in read_json(record)["outputs"]):
+            shutil.rmtree(record.parent)
+            removed.append(record.parent)
+    return removed

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted
+from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted, forget_outputs, record_outputs
 from mindreader.generator.launch import launch
 from mindreader.provenance import write_provenance
 from mindreader.runtime import set_threads, setup_logging
@@ -39,6 +39,7 @@ else:
             targets=list(sm.input.targets),
             mapper_folders=[os.path.dirname(p) for p in sm.input.mappers],
         )
+forget_outputs(job["checkpoint_dir"])
 try:
     launch(job, config["generator"]["gpus"], config["device"])
 except TrainingInterrupted as err:
@@ -48,3 +49,4 @@ except Exception:
     log.exception("generator %s failed", stage)
     raise
 write_provenance(job["output_dir"], config, config["seed"], stage=stage, init=job.get("init"))
+record_outputs(job["checkpoint_dir"], list(sm.output))

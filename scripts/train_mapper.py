@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted
+from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted, forget_outputs, record_outputs
 from mindreader.mappers.pipeline import run_mapper
 from mindreader.provenance import write_provenance
 from mindreader.runtime import select_device, set_threads, setup_logging
@@ -14,6 +14,7 @@ setup_logging(sm.log[0])
 log = logging.getLogger("train_mapper")
 config, w = sm.config, sm.wildcards
 set_threads(sm.threads)
+forget_outputs(sm.params.checkpoint_dir)
 try:
     metrics = run_mapper(
         sm.input.prepared,
@@ -35,3 +36,4 @@ except Exception:
     log.exception("mapper %s/%s/%s/%s failed", w.subject, w.mapper, w.loss, w.target)
     raise
 write_provenance(os.path.dirname(sm.output.metrics_json), config, config["seed"], test_metrics=metrics)
+record_outputs(sm.params.checkpoint_dir, list(sm.output))

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +100,30 @@ def test_load_checkpoint_absent_and_damaged(tmp_path):
     (tmp_path / checkpoint.TENSORS_FILE).write_bytes(b"garbage")
     with pytest.raises(ValueError, match="tensors.safetensors"):
         checkpoint.load_checkpoint(tmp_path)
+
+
+def test_only_checkpoints_whose_recorded_outputs_all_exist_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # recorded paths are relative to the workflow's directory
+    root = Path("results/checkpoints")
+    folders = {name: root / name for name in ("done", "outputs_deleted", "interrupted", "rerun", "ridge")}
+    for folder in folders.values():
+        if folder.name != "ridge":
+            checkpoint.save_checkpoint(folder, {"w": torch.ones(2)}, {"step": 1})
+    Path("out").mkdir()
+    for name in ("done", "rerun"):
+        outputs = [f"out/{name}_model", f"out/{name}_metrics"]
+        for path in outputs:
+            Path(path).write_text("x")
+        checkpoint.record_outputs(folders[name], outputs)
+    # written, then deleted by Snakemake (the scheduler failed the job as it exited)
+    checkpoint.record_outputs(folders["outputs_deleted"], ["out/deleted_model"])
+    # a job starting anew in a folder forgets the outputs of the one before it
+    checkpoint.forget_outputs(folders["rerun"])
+    # a fit without checkpoints (ridge) has no folder, and recording makes none
+    checkpoint.record_outputs(folders["ridge"], ["out/done_model"])
+    assert checkpoint.remove_finished_checkpoints(root) == [folders["done"]]
+    assert sorted(p.name for p in root.iterdir()) == ["interrupted", "outputs_deleted", "rerun"]
+    assert checkpoint.remove_finished_checkpoints(root) == []
 
 
 def test_stop_on_signal_sets_flag_and_restores_handler():

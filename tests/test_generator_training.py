@@ -5,6 +5,7 @@ Run as a script under torchrun this file is the distributed worker of the last t
 """
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -101,9 +102,11 @@ def test_training_runs_logs_and_changes_weights(tmp_path):
     )
     changed = [k for k, v in result.G.state_dict().items() if not torch.equal(v, start[k])]
     assert "synthesis.b16.conv1.style.branches.1.0.weight" in changed and "mapping.fc0.weight" in changed
-    assert (tmp_path / "ckpt" / "state.json").exists()  # the periodic checkpoint
-    trainer.discard_checkpoint()
-    assert not (tmp_path / "ckpt").exists()
+    # The last step's checkpoint stays: a rerun whose job's outputs were lost trains no step again
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 8
+    again = make_trainer(tmp_path / "ckpt").train()
+    assert again.steps == 8 and again.rows == result.rows and again.seconds == result.seconds
+    assert_same(weights(again), weights(result), rtol=0, atol=0)
 
 
 def test_sample_grid_shows_reals_above_draws_enlarged_to_a_readable_size(tmp_path):

@@ -256,7 +256,6 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
             write_e2e_predictions(out, mappers, job, device)
         write_losses(out / "losses.csv", result.rows)
         save_networks(out, result.G, result.G_ema, result.D, g_kwargs, d_kwargs, **meta)
-    trainer.discard_checkpoint()
     return meta
 
 

@@ -10,7 +10,6 @@ exactly what one process with batch B trains.
 from __future__ import annotations
 
 import copy
-import contextlib
 import logging
 import math
 import time
@@ -382,7 +381,8 @@ class Trainer:
                         )
                     self.save()
                     raise TrainingInterrupted(f"stopped by signal at step {self.step}; rerun to resume")
-                if self.step < self.total_steps and self.crossed(self.cfg.checkpoint_kimg, step):
+                # the last step's too: a rerun of this job need not train again
+                if self.step == self.total_steps or self.crossed(self.cfg.checkpoint_kimg, step):
                     if self.in_nonfinite_run():
                         log.warning("no checkpoint after step %d: amid non-finite gradients", step)
                     else:
@@ -390,14 +390,6 @@ class Trainer:
         bar.close()
         self.grid("samples.png")
         return TrainResult(self.G, self.G_ema, self.D, self.mappers, self.rows, self.step, self.seconds)
-
-    def discard_checkpoint(self) -> None:
-        """Remove the checkpoint once the stage's outputs are written (they hold everything)."""
-        if self.rank == 0:
-            for path in (self.checkpoint_dir / "state.json", self.checkpoint_dir / "tensors.safetensors"):
-                path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.checkpoint_dir.rmdir()
 
 
 def set_seed_for_init(seed: int) -> None:

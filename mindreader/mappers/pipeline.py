@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -89,7 +88,7 @@ def run_mapper(
     cfg: Mapping[str, Any],  # the ``mappers`` config section
     seed: int,  # seed of the validation split, initialisation, data order and retrieval pools
     device: torch.device,
-    checkpoint_dir: str | os.PathLike | None,  # resumable checkpoints; removed after success
+    checkpoint_dir: str | os.PathLike | None,  # resumable checkpoints, the last one kept (mindreader.checkpoint)
     subject: str = "",  # recorded in the outputs
     progress: bool = True,
 ) -> dict:
@@ -147,6 +146,4 @@ def run_mapper(
              "image %.3f, brain %.3f (chance %.4f)", metrics["mse"], metrics["cosine"], pool["size"],
              pool["image_retrieval"], pool["brain_retrieval"], pool["chance"], whole["size"],
              whole["image_retrieval"], whole["brain_retrieval"], whole["chance"])
-    if checkpoint_dir is not None and Path(checkpoint_dir).exists():
-        shutil.rmtree(checkpoint_dir)
     return metrics
