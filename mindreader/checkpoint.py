@@ -182,11 +182,17 @@ def forget_outputs(directory: str | os.PathLike) -> None:
 
 
 def remove_finished_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Remove each checkpoint folder under ``root`` whose recorded outputs all exist; the folders
-    removed. Call it when the workflow has succeeded: every such output was then accepted."""
+    """Remove each checkpoint folder under ``root`` whose recorded outputs all exist, and the
+    folders above it that this leaves empty; the checkpoint folders removed. Call it when the
+    workflow has succeeded: every such output was then accepted."""
+    root = Path(root)
     removed = []
-    for record in sorted(Path(root).rglob(OUTPUTS_FILE)):
+    for record in sorted(root.rglob(OUTPUTS_FILE)):
         if all(Path(path).exists() for path in read_json(record)["outputs"]):
             shutil.rmtree(record.parent)
             removed.append(record.parent)
+            parent = record.parent.parent
+            while parent != root and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
     return removed

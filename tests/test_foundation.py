@@ -105,7 +105,9 @@ def test_load_checkpoint_absent_and_damaged(tmp_path):
 def test_only_checkpoints_whose_recorded_outputs_all_exist_are_removed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # recorded paths are relative to the workflow's directory
     root = Path("results/checkpoints")
-    folders = {name: root / name for name in ("done", "outputs_deleted", "interrupted", "rerun", "ridge")}
+    # nested as the workflow's are; "done" alone in its parents
+    folders = {name: root / "generator" / name for name in ("outputs_deleted", "interrupted", "rerun", "ridge")}
+    folders["done"] = root / "mappers/subj01/done"
     for folder in folders.values():
         if folder.name != "ridge":
             checkpoint.save_checkpoint(folder, {"w": torch.ones(2)}, {"step": 1})
@@ -122,7 +124,8 @@ def test_only_checkpoints_whose_recorded_outputs_all_exist_are_removed(tmp_path,
     # a fit without checkpoints (ridge) has no folder, and recording makes none
     checkpoint.record_outputs(folders["ridge"], ["out/done_model"])
     assert checkpoint.remove_finished_checkpoints(root) == [folders["done"]]
-    assert sorted(p.name for p in root.iterdir()) == ["interrupted", "outputs_deleted", "rerun"]
+    assert sorted(p.name for p in root.iterdir()) == ["generator"]  # "done"'s empty parents went too
+    assert sorted(p.name for p in (root / "generator").iterdir()) == ["interrupted", "outputs_deleted", "rerun"]
     assert checkpoint.remove_finished_checkpoints(root) == []
 
 
