@@ -236,34 +236,3 @@ def test_every_image_is_resized_once_straight_to_each_metrics_size():
     b = once(rec, 64).clamp(0, 1).flatten(1).double().numpy()
     expected = [np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)]
     np.testing.assert_allclose(metrics.pixcorr_per_image(gt, rec, 64), expected, atol=1e-5)
-
-
-@pytest.mark.workflow
-def test_the_workflow_reports_both_fids_when_the_fid_network_is_there(tmp_path, inception_state):
-    weights = tmp_path / "inception-random.pth"
-    torch.save(inception_state, weights)
-    fid_network = {"weights_name": None, "weights": str(weights), "sha256": sha256_of(weights)}
-    run = {"mapper": "cnn", "loss": "mse_cos_contrastive", "variant": "img+cap", "strategy": "finetune"}
-    one_run = {"main": run, "subjects": ["subj01"], "variants": ["img+cap"], "strategies": ["finetune"]}
-    config = tiny_config(
-        **{
-            **TINY_RUN,
-            "synthetic": {},  # the smaller default tiny world: only the wiring is under test
-            "subjects": ["subj01"],
-            "ablations": {**one_run, "losses": ["mse_cos_contrastive"], "mappers": ["cnn"]},
-            "evaluation": {
-                **TINY_RUN["evaluation"],
-                "fid_generated_images": 6,
-                "networks": {FID_NETWORK: fid_network},
-            },
-        }
-    )
-    run_snakemake(tmp_path, [f"results/tables/conditioning.{ext}" for ext in ("csv", "md")], config)
-    with h5py.File(tmp_path / "results/prepared/subj01.h5") as f:
-        test_ids = f["test/nsd_id"][()]
-    summary = read_json(tmp_path / "results/metrics/subj01/cnn/mse_cos_contrastive/img+cap/finetune.json")
-    paired, generated = summary["metrics"]["fid_paired"], summary["metrics"]["fid_generated"]
-    assert paired["ci95"][0] <= paired["value"] <= paired["ci95"][1]
-    assert generated["value"] > 0 and (generated["n_generated"], generated["n_real"]) == (6, len(test_ids))
-    md = (tmp_path / "results/tables/conditioning.md").read_text()
-    assert "FID (paired) ↓" in md and "FID (6 generated) ↓" in md and "fid50k_full" in md

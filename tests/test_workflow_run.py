@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 from conftest import TINY_RUN, deep_update, run_snakemake, tiny_config
 
+from mindreader.evaluation.networks import FID_NETWORK
 from mindreader.io import read_json
 from mindreader.mappers import load_mapper
 from mindreader.mappers.data import validation_mask
@@ -23,6 +25,8 @@ from mindreader.mappers.retrieval import embedding_metrics
 from mindreader.mappers.ridge import fit_ridge
 from mindreader.names import MAPPER_OUTPUT_FILES, SCENE_STAGES, TABLE_NAMES
 from mindreader.nsd import NSD
+from mindreader.smoke import random_fid_inception_state
+from mindreader.weights import sha256_of
 
 pytestmark = pytest.mark.workflow
 
@@ -170,6 +174,35 @@ def test_run_metrics_from_real_reconstructions(tiny_run):
         assert "value" not in summary["metrics"][key] and summary["metrics"][key]["missing"], key
     per_image = pd.read_csv(tiny_run / f"results/metrics/{MAIN}/img+cap/finetune.per_image.csv")
     assert list(per_image["nsd_id"]) == list(test_ids)
+
+
+def test_the_workflow_reports_both_fids_when_the_fid_network_is_there(tiny_run, tmp_path):
+    """On a copy of the run (Snakemake's records too) given a FID network file (random weights of
+    pytorch-fid's Inception, as the smoke run's): the main run's evaluation reports both FIDs, and
+    only evaluation jobs and the table run again."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    weights = tmp_path / "inception-random.pth"
+    torch.manual_seed(0)
+    torch.save(random_fid_inception_state(), weights)
+    fid_network = {"weights_name": None, "weights": str(weights), "sha256": sha256_of(weights)}
+    main = CONFIG["ablations"]["main"]
+    one_run = {"variants": [main["variant"]], "strategies": [main["strategy"]], "losses": [main["loss"]],
+               "mappers": [main["mapper"]]}
+    config = deep_update(CONFIG, {"ablations": one_run, "evaluation": {"fid_generated_images": 6,
+                                                                        "networks": {FID_NETWORK: fid_network}}})
+    made = run_snakemake(workdir, [f"results/tables/conditioning.{ext}" for ext in ("csv", "md")], config)
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", made.stdout + made.stderr, flags=re.MULTILINE))
+    jobs.pop("total", None)
+    assert jobs and set(jobs) <= {"evaluate_run", "fid_generated", "fid_generated_oracle", "make_tables"}, jobs
+    with h5py.File(workdir / "results/prepared/subj01.h5") as f:
+        test_ids = f["test/nsd_id"][()]
+    summary = read_json(workdir / f"results/metrics/{MAIN}/img+cap/finetune.json")
+    paired, generated = summary["metrics"]["fid_paired"], summary["metrics"]["fid_generated"]
+    assert paired["ci95"][0] <= paired["value"] <= paired["ci95"][1]
+    assert generated["value"] > 0 and (generated["n_generated"], generated["n_real"]) == (6, len(test_ids))
+    md = (workdir / "results/tables/conditioning.md").read_text()
+    assert "FID (paired) ↓" in md and "FID (6 generated) ↓" in md and "fid50k_full" in md
 
 
 def test_every_table_run_has_its_oracle_reconstructions_and_metrics(tiny_run):
