@@ -1,12 +1,13 @@
-# Two commands: `make demo` (the whole paper on synthetic NSD) and `make test` (the test suite).
-# Both build .venv from the pinned requirements first; nothing outside this file is needed.
+# Two commands: `make demo` (the whole paper on synthetic NSD) and `make test` (the test suite);
+# `make test-fast` for the edit-run loop. Each builds .venv from the pinned requirements first;
+# nothing outside this file is needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install demo report test smoke lint clean install-profile
+.PHONY: install demo report test test-fast smoke lint clean install-profile
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,18 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --report report.html
 	@echo "Report: report.html"
 
+# The whole suite on two pytest-xdist workers, each test module on one worker (its module-scoped
+# fixtures made once): the SLURM cluster's chain (tests/test_slurm.py, mostly waiting on its time
+# limits) and the shared tiny run's tests (tests/test_workflow_run.py) come first in the
+# collection (tests/conftest.py) and start side by side; the other modules fill in around them.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=15 tests
+	$(PYTEST) --durations=15 tests
+
+# Unit tests and the library, no Snakemake run (the tests marked workflow are left out).
+test-fast: $(STAMP)
+	$(PYTEST) --durations=5 -m "not workflow" tests
 
 # config/nsd.yaml at its real shapes, every rule through fig3, the tables and the report, on a
 # small synthetic NSD at NSD's sizes with random weights files of the real networks; training cut

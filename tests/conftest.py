@@ -181,6 +181,22 @@ def parse_workflow(configfile: Path):
         return workflow._workflow
 
 
+# The two longest modules: the SLURM cluster's chain (mostly waiting on its time limits) and the
+# shared tiny run's tests. `make test` (pytest-xdist, each module on one worker, handed out in
+# collection order with --no-loadscope-reorder) starts them first, one on each worker, and the
+# other modules fill in around them.
+LONG_MODULES = ("test_slurm.py", "test_workflow_run.py")
+
+
+def _module_rank(item) -> int:
+    name = item.path.name
+    return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=_module_rank)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """The working directory of one tiny run of the whole workflow (``TINY_RUN``), made once."""
