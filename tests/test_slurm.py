@@ -1,14 +1,17 @@
-"""The whole workflow on a real one-node SLURM cluster, through the official executor plugin.
+"""The workflow on a real one-node SLURM cluster, through the official executor plugin.
 
 The cluster (munge, slurmctld, slurmd) is started on this machine for the module and stopped by
 its pid files afterwards. Without the SLURM packages the test skips, except in CI (CI set),
 where .ci/run installs them and a skip would hide a broken cluster set-up.
 
-One run of a tiny synthetic config, end to end, shows what a cluster run must survive: a
-training longer than any job may ask for (cluster.max_runtime, a partition's limit). The mapper
-job is killed by SLURM at that limit, checkpoints on SIGTERM, and Snakemake resubmits it (the
-rule's retries, from the training's projected runtime) until one job finishes: the weights equal
-those of the same training run uninterrupted, which trains here meanwhile.
+The smallest chain that shows what a cluster run must survive, run once for the module: the
+synthetic NSD, the subjects' preparations as one job array, the CLIP targets, then a mapper
+whose training is longer than any job may ask for (cluster.max_runtime, a partition's limit).
+SLURM kills the mapper job at that limit, the training checkpoints on SIGTERM, and Snakemake
+resubmits it (the rule's retries, from the training's projected runtime) until one job
+finishes: the weights equal those of the same training run uninterrupted, which trains here
+meanwhile. Every other rule runs through the same executor (tests/test_workflow_run.py runs
+them all locally; tests/test_slurm_profile.py plans them through the SLURM profiles).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import pytest
 import torch
 from conftest import REPO, deep_update, run_snakemake, tiny_config
@@ -39,21 +41,23 @@ TEST_PROFILE = REPO / "profiles" / "slurm-test"
 LOCK_FILE = Path("/tmp/mindreader-slurm-test.lock")
 # SLURM checks time limits every 30 s: a job with a limit of m minutes dies 60 m to 60 m + 30 s
 # after it starts. Training is planned to outlast that by this margin, so the kill lands in it
-# even when the job runs faster than it was timed.
-MARGIN_S = 60
-# Epochs timed (after warm-up) to measure one: long enough that two timing processes overlap.
+# even when the job starts at once; should the first job's training still end before its kill
+# (the machine ran faster than timed), the training is planned again with twice the margin.
+MARGIN_S = 30
+PLANNINGS = 3
+# Epochs timed (after warm-up) to measure one: long enough that the timing processes overlap.
 TIMED_EPOCHS = 301
-# The mappers' projected runtime in jobs of cluster.max_runtime: their rule's retries (the run
+# The mapper's projected runtime in jobs of cluster.max_runtime: its rule's retries (the run
 # passes --retries 0, so these are all the jobs it gets). On a busy machine a job trains for less
-# than its limit, so the training needs more than the two jobs it would need on an idle one.
+# than its limit, so the training may need more than the two jobs it needs on an idle one.
 PROJECTED_JOBS = 8
-SUBJECT = "subj01"
-MAPPER_RUN = f"{SUBJECT}/cnn/mse_cos_contrastive"
-MAPPER_TARGETS = [f"results/mappers/{MAPPER_RUN}/{target}/metrics.json" for target in ("img", "cap")]
-# Trainings side by side while the mappers train: the img and cap jobs, and the uninterrupted run.
-CONCURRENT_TRAININGS = 3
+SUBJECTS = ["subj01", "subj02"]
+MAPPER_RUN = "subj01/cnn/mse_cos_contrastive"
+MAPPER_TARGET = f"results/mappers/{MAPPER_RUN}/img/metrics.json"
+# Trainings side by side while the mapper trains: its job and the uninterrupted run.
+CONCURRENT_TRAININGS = 2
 TINY = {
-    "subjects": [SUBJECT],
+    "subjects": SUBJECTS,
     "clip": {
         "demo": {"embed_dim": 16, "image_size": 32, "vision_width": 8, "context_length": 24, "text_width": 32,
                  "text_layers": 1, "text_heads": 2, "steps": 4, "batch_size": 16},
@@ -61,27 +65,11 @@ TINY = {
     },
     "mappers": {"threads": 1, "cnn": {"hidden": 4, "blocks": 1, "head_hidden": 8, "pad_multiple": 32},
                 "train": {"epochs": 2, "checkpoint_every": 10}},
-    "generator": {
-        "resolution": 16, "z_dim": 8, "w_dim": 8, "mapping_layers": 1, "channel_base": 64, "channel_max": 8,
-        "branch_width": 8, "mbstd_group_size": 2, "batch": 8, "r1_interval": 2, "pl_interval": 2,
-        "checkpoint_kimg": 0.0, "sample_kimg": 0.0, "log_steps": 1, "threads": 1,
-        "pretrain": {"kimg": 0.032}, "finetune": {"kimg": 0.016},
-    },
-    "evaluation": {"bootstrap": 20, "bootstrap_fd": 10},
-    # the main run only: one subject, one reconstruction, its two mappers (img and cap)
-    "ablations": {"subjects": [SUBJECT], "variants": ["img+cap"], "strategies": ["finetune"],
-                  "losses": ["mse_cos_contrastive"], "mappers": ["cnn"]},
 }
-UPSTREAM_TARGETS = [
-    f"results/prepared/{SUBJECT}.h5",
-    "results/clip/images.h5",
-    "results/clip/captions.h5",
-    "results/generator/pretrained/network.json",
-]
-UPSTREAM_RULES = ["synthesize_nsd", "prepare_subject", "train_demo_clip", "embed_images", "embed_captions",
-                  "pretrain_generator"]
-DOWNSTREAM_RULES = ["finetune_generator", "reconstruct", "evaluate_run", "make_tables", "fig3",
-                    "subject_reconstructions", "training_curves", "retrieval_examples", "metric_bars"]
+PREPARED = [f"results/prepared/{subject}.h5" for subject in SUBJECTS]
+CLIP_IMAGES = "results/clip/images.h5"
+# The CLIP targets in one SLURM job (fewer status-polling round trips); the preparations as an array.
+CLIP_GROUP = ["train_demo_clip=clip", "embed_images=clip"]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +87,18 @@ def slurm_cluster(tmp_path_factory):
             yield cluster
         finally:
             cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream(slurm_cluster, tmp_path_factory):
+    """The working directory with the prepared subjects and the CLIP image targets, made through
+    the cluster, and the SLURM jobs that made them."""
+    workdir = tmp_path_factory.mktemp("slurm-run")
+    before = {job["id"] for job in slurm_jobs()}
+    # options taking several values come first: the targets follow the last option
+    run_snakemake(workdir, [*PREPARED, CLIP_IMAGES], tiny_config(**TINY), "--groups", *CLIP_GROUP,
+                  "--slurm-array-jobs", "prepare_subject", "--profile", str(TEST_PROFILE))
+    return workdir, [job for job in slurm_jobs() if job["id"] not in before]
 
 
 def slurm_jobs() -> list[dict[str, str]]:
@@ -122,11 +122,6 @@ def limit_minutes(limit: str) -> float:
     return int(days or 0) * 1440 + seconds / 60
 
 
-def groups(name: str, rules: list[str]) -> list[str]:
-    """--groups arguments: several small jobs in one SLURM job, fewer status-polling round trips."""
-    return [f"{rule}={name}" for rule in rules]
-
-
 def seconds_per_epoch(workdir: Path, config: dict, folder: str, start) -> float:
     """Seconds of one mapper epoch in this process, timed on the prepared subject from when every
     process timing alongside is ready (``start``, a barrier)."""
@@ -135,8 +130,8 @@ def seconds_per_epoch(workdir: Path, config: dict, folder: str, start) -> float:
     def train(epochs: int) -> float:
         cfg = deep_update(config["mappers"], {"train": {"epochs": epochs}})
         begin = time.perf_counter()
-        run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], workdir / folder, "cnn",
-                   "mse_cos_contrastive", "img", cfg, config["seed"], torch.device("cpu"), None, progress=False)
+        run_mapper(workdir / PREPARED[0], workdir / CLIP_IMAGES, workdir / folder, "cnn", "mse_cos_contrastive",
+                   "img", cfg, config["seed"], torch.device("cpu"), None, progress=False)
         return time.perf_counter() - begin
 
     train(1)  # one-off costs (lazy imports, allocator warm-up)
@@ -149,7 +144,7 @@ def seconds_per_epoch(workdir: Path, config: dict, folder: str, start) -> float:
 
 def epochs_for(seconds: float, workdir: Path, config: dict) -> int:
     """Mapper epochs that take about ``seconds`` while CONCURRENT_TRAININGS run side by side, as
-    the mapper jobs and the uninterrupted training do: timed in as many processes at once (one
+    the mapper job and the uninterrupted training do: timed in as many processes at once (one
     alone timed here ran twice as fast as two jobs then did)."""
     n = CONCURRENT_TRAININGS
     spawn = multiprocessing.get_context("spawn")
@@ -186,8 +181,8 @@ def uninterrupted_mapper(workdir: Path, config: dict) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(config["mappers"]["threads"])
     try:
-        run_mapper(workdir / UPSTREAM_TARGETS[0], workdir / UPSTREAM_TARGETS[1], out, "cnn", "mse_cos_contrastive",
-                   "img", config["mappers"], config["seed"], torch.device("cpu"), None, subject=SUBJECT, progress=False)
+        run_mapper(workdir / PREPARED[0], workdir / CLIP_IMAGES, out, "cnn", "mse_cos_contrastive", "img",
+                   config["mappers"], config["seed"], torch.device("cpu"), None, subject="subj01", progress=False)
     finally:
         torch.set_num_threads(threads)
     return out / "model.safetensors"
@@ -202,74 +197,66 @@ def tails(logs: list[str], chars: int = 1500) -> str:
     return "\n".join(f"--- job {i + 1} ---\n{log[-chars:]}" for i, log in enumerate(logs))
 
 
-def test_workflow_end_to_end_on_slurm_with_training_longer_than_the_time_limit(slurm_cluster, tmp_path):
-    config = tiny_config(**TINY)
-    # options taking several values come first: the targets follow the last option
-    run_snakemake(tmp_path, UPSTREAM_TARGETS, config, "--groups", *groups("upstream", UPSTREAM_RULES),
-                  "--profile", str(TEST_PROFILE))
+def test_subjects_fan_out_as_one_job_array(upstream):
+    """The production profile submits each subject's preparation as a task of one array."""
+    workdir, jobs = upstream
+    assert all((workdir / target).stat().st_size > 0 for target in [*PREPARED, CLIP_IMAGES])
+    tasks = [job for job in jobs if job["rule"] == "prepare_subject"]
+    array_ids = {job["id"].split("_")[0] for job in tasks if "_" in job["id"]}
+    assert len(tasks) == len(SUBJECTS) and len(array_ids) == 1, tasks
+    assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
 
-    limit = job_time_limit(tmp_path, config)
-    epochs = epochs_for(60 * limit + MARGIN_S, tmp_path, config)
+
+def capped_training(workdir: Path, config: dict, limit: int, margin_s: float):
+    """The mapper trained through the cluster for about ``limit`` minutes plus ``margin_s`` under
+    jobs capped at ``limit`` minutes, and the same training uninterrupted in this process
+    meanwhile: the config, the mapper's SLURM jobs in submission order, the uninterrupted weights."""
+    epochs = epochs_for(60 * limit + margin_s, workdir, config)
     config = deep_update(config, {"mappers": {"runtime": PROJECTED_JOBS * limit, "train": {"epochs": epochs}}})
-    # No job may ask for more than `limit` minutes, and the mappers train for longer. --retries 0:
+    # No job may ask for more than `limit` minutes, and the mapper trains for longer. --retries 0:
     # the only retries are those the training rule takes from its projected runtime. Meanwhile, in
     # this process (its main thread: training handles SIGTERM), the same training uninterrupted.
     capped = deep_update(config, {"cluster": {"max_runtime": limit}})
     before = {job["id"] for job in slurm_jobs()}
     with ThreadPoolExecutor(1) as pool:
-        capped_run = pool.submit(run_snakemake, tmp_path, MAPPER_TARGETS, capped, "--retries", "0",
+        capped_run = pool.submit(run_snakemake, workdir, [MAPPER_TARGET], capped, "--retries", "0",
                                  "--profile", str(TEST_PROFILE))
-        uninterrupted = load_file(uninterrupted_mapper(tmp_path, config))
+        uninterrupted = load_file(uninterrupted_mapper(workdir, config))
         capped_run.result()
-    mapper_jobs = sorted((job for job in slurm_jobs() if job["id"] not in before), key=lambda job: int(job["id"]))
+    jobs = sorted((job for job in slurm_jobs() if job["id"] not in before), key=lambda job: int(job["id"]))
+    return config, jobs, uninterrupted
 
-    # The rest under the config's limit (a group job asks for the sum of its members' runtimes).
-    before = {job["id"] for job in slurm_jobs()}
-    run_snakemake(tmp_path, [], config, "--groups", *groups("downstream", DOWNSTREAM_RULES),
-                  "--profile", str(TEST_PROFILE))
-    for path in ["results/figures/fig3.pdf", "results/tables/comparison.csv",
-                 f"results/metrics/{MAPPER_RUN}/img+cap/finetune.json"]:
-        assert (tmp_path / path).stat().st_size > 0, path
-    with h5py.File(tmp_path / f"results/reconstructions/{MAPPER_RUN}/img+cap/finetune.h5") as rec:
-        assert rec["images"].shape[0] == len(rec["nsd_id"]) > 0
-    downstream_jobs = [job for job in slurm_jobs() if job["id"] not in before]
-    assert downstream_jobs and all(job["state"] == "COMPLETED" for job in downstream_jobs), downstream_jobs
 
-    assert {job["rule"] for job in mapper_jobs} == {"train_mapper"}, mapper_jobs
-    for target in ("img", "cap"):
-        jobs = [job for job in mapper_jobs if job["wildcards"].endswith(f"_{target}")]
-        assert len(jobs) >= 2, jobs
-        assert [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
-        assert all(limit_minutes(job["limit"]) == limit for job in jobs), f"each job asks for {limit} min: {jobs}"
-        logs = job_logs(tmp_path, jobs)
-        # The first kill lands in the training, which checkpoints on SIGTERM. A later one may land
-        # just after a job's training ended, as it exits (no kill message in its log then):
-        # Snakemake deletes the outputs it wrote, and its successor resumes from its checkpoint.
-        assert "stopped by signal" in logs[0], tails(logs)
-        finished = [ran_to_the_end(log) for log in logs]
-        assert all("DUE TO TIME LIMIT" in log or done for log, done in zip(logs[:-1], finished)), tails(logs)
-        # every job after the first resumes where the one before stopped, each further on (or
-        # where one that finished did); the last one runs the remaining steps to the end
-        resumed = [resumed_steps(log) for log in logs]
-        assert resumed[0] == [] and all(len(steps) == 1 for steps in resumed[1:]), (resumed, tails(logs))
-        steps = [0] + [found[0] for found in resumed[1:]]
-        progress = [b > a or (done and b == a) for a, b, done in zip(steps, steps[1:], finished)]
-        assert all(progress), (f"no progress in some job: {steps}", tails(logs))
-        assert re.search(rf"ran steps {steps[-1] + 1} to (\d+) of \1 in this process", logs[-1]), tails(logs[-1:])
-    resumed_weights = load_file(tmp_path / f"results/mappers/{MAPPER_RUN}/img/model.safetensors")
+def test_training_longer_than_the_time_limit_resumes_across_jobs_to_the_same_weights(upstream):
+    workdir, _ = upstream
+    config = tiny_config(**TINY)
+    limit = job_time_limit(workdir, config)
+    margin_s = MARGIN_S
+    for _ in range(PLANNINGS):
+        config, jobs, uninterrupted = capped_training(workdir, config, limit, margin_s)
+        if "stopped by signal" in job_logs(workdir, jobs[:1])[0]:
+            break
+        margin_s *= 2
+    assert {job["rule"] for job in jobs} == {"train_mapper"}, jobs
+    assert len(jobs) >= 2, jobs
+    assert [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
+    assert all(limit_minutes(job["limit"]) == limit for job in jobs), f"each job asks for {limit} min: {jobs}"
+    logs = job_logs(workdir, jobs)
+    # The first kill lands in the training, which checkpoints on SIGTERM. A later one may land
+    # just after a job's training ended, as it exits (no kill message in its log then):
+    # Snakemake deletes the outputs it wrote, and its successor resumes from its checkpoint.
+    assert "stopped by signal" in logs[0], tails(logs)
+    finished = [ran_to_the_end(log) for log in logs]
+    assert all("DUE TO TIME LIMIT" in log or done for log, done in zip(logs[:-1], finished)), tails(logs)
+    # every job after the first resumes where the one before stopped, each further on (or
+    # where one that finished did); the last one runs the remaining steps to the end
+    resumed = [resumed_steps(log) for log in logs]
+    assert resumed[0] == [] and all(len(steps) == 1 for steps in resumed[1:]), (resumed, tails(logs))
+    steps = [0] + [found[0] for found in resumed[1:]]
+    progress = [b > a or (done and b == a) for a, b, done in zip(steps, steps[1:], finished)]
+    assert all(progress), (f"no progress in some job: {steps}", tails(logs))
+    assert re.search(rf"ran steps {steps[-1] + 1} to (\d+) of \1 in this process", logs[-1]), tails(logs[-1:])
+    resumed_weights = load_file(workdir / f"results/mappers/{MAPPER_RUN}/img/model.safetensors")
     assert resumed_weights.keys() == uninterrupted.keys()
     differing = [name for name in uninterrupted if not torch.equal(resumed_weights[name], uninterrupted[name])]
     assert not differing, f"the training resumed across jobs differs from the uninterrupted one in {differing}"
-
-
-def test_subjects_fan_out_as_one_job_array(slurm_cluster, tmp_path):
-    """The production profile submits each subject's preparation as a task of one array."""
-    config = tiny_config(subjects=["subj01", "subj02"])
-    targets = [f"results/prepared/{subject}.h5" for subject in config["subjects"]]
-    before = {job["id"] for job in slurm_jobs()}
-    run_snakemake(tmp_path, targets, config, "--slurm-array-jobs", "prepare_subject", "--profile", str(TEST_PROFILE))
-    assert all((tmp_path / target).stat().st_size > 0 for target in targets)
-    tasks = [job for job in slurm_jobs() if job["id"] not in before and job["rule"] == "prepare_subject"]
-    array_ids = {job["id"].split("_")[0] for job in tasks if "_" in job["id"]}
-    assert len(tasks) == 2 and len(array_ids) == 1, tasks
-    assert {job["state"] for job in tasks} == {"COMPLETED"}, tasks
