@@ -68,13 +68,17 @@ SMOKE_OVERRIDES: dict[str, Any] = {
         "sample_images": 2,
     },
     "evaluation": {"threads": 1},
-    # The main setting, and on subj01 the caption-only and avg variants, scratch and e2e, and the
-    # ridge and MLP mappers: 7 runs. A second mapper loss would train one more generator and
-    # differs from the main run only in the mappers' loss.
+    # Each code path and network shape at real sizes once: the main setting (two conditions,
+    # fine-tuned from the one-condition pre-training), on subj01 the avg variant (one condition
+    # made of both predictions), e2e (the mappers inside the graph), and the ridge and MLP mappers:
+    # 5 runs. The paper's other ablations differ from these only in config values - cap (one
+    # condition, as avg), scratch (the main networks from random weights, as pre-training starts)
+    # and a second mapper loss - and would train one more generator each; the paper's dry run
+    # plans every one of them (tests/test_workflow_lint.py).
     "ablations": {
         "subjects": ["subj01"],
-        "variants": ["img+cap", "cap", "avg"],
-        "strategies": ["finetune", "scratch", "e2e"],
+        "variants": ["img+cap", "avg"],
+        "strategies": ["finetune", "e2e"],
         "losses": ["mse_cos_contrastive"],
         "mappers": ["cnn", "ridge", "mlp"],
     },

@@ -29,6 +29,7 @@ from mindreader.nsd.paths import (
 DEMO_CONFIG = REPO / "config" / "config.yaml"
 NSD_CONFIG = REPO / "config" / "nsd.yaml"
 PAPER_SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
+RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
 # Subtrees of the demo config that the paper config may leave out: they are switched off there.
 DEMO_ONLY = {("synthetic",), ("clip", "demo")}
 
@@ -200,6 +201,22 @@ def test_paper_dry_run_plans_every_subject_and_fig3(paper_plan):
         planned = {job["wildcards"]["subject"] for job in paper_plan if job["rule"] == rule}
         assert planned == set(PAPER_SUBJECTS), f"{rule} is planned for {sorted(planned)}"
     assert any("results/figures/fig3.pdf" in job["output"] for job in paper_plan), "fig3 is not planned"
+
+
+def test_paper_dry_run_evaluates_every_ablation_of_the_paper(paper_plan):
+    """Every value of every ablation axis of config/nsd.yaml gets its evaluated run (its table row)
+    on the ablation subjects (the mappers on every subject): the runs `make smoke` shares with
+    others (cap, scratch, the mapper losses) are still planned in the paper's DAG."""
+    ablations = yaml.safe_load(NSD_CONFIG.read_text())["ablations"]
+    runs = {tuple(job["wildcards"][k] for k in RUN_KEYS) for job in paper_plan if job["rule"] == "evaluate_run"}
+    for axis, key in (("variant", "variants"), ("strategy", "strategies"), ("loss", "losses"), ("mapper", "mappers")):
+        subjects = PAPER_SUBJECTS if axis == "mapper" else ablations["subjects"]
+        for subject in subjects:
+            for value in ablations[key]:
+                run = {"subject": subject, **ablations["main"], axis: value}
+                if run["mapper"] == "ridge":
+                    run["loss"] = "mse"  # what ridge's closed form minimises
+                assert tuple(run[k] for k in RUN_KEYS) in runs, f"no evaluation planned for {run}"
 
 
 # Rules that run neural networks: on the cluster they must get a GPU (ridge mappers excepted).
