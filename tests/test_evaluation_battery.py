@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 
+from mindreader import metrics
 from mindreader.evaluation import METRICS, BatteryConfig, evaluate_images, evaluate_run
 from mindreader.evaluation.networks import build_network, load_network
 from mindreader.weights import sha256_of
@@ -31,6 +32,56 @@ def _random_weights(tmp_path, name, model):
     path = tmp_path / f"{name}-random.pth"
     torch.save(model.state_dict(), path)
     return {"weights_name": None, "weights": str(path), "sha256": sha256_of(path)}
+
+
+def test_each_metrics_direction_and_scale_in_the_tables():
+    # Distances are better low, scores and identification or retrieval rates high; the rates
+    # (fractions) are shown as percentages.
+    lower_is_better = {"fid_paired", "fid_generated", "fd_clip", "eff", "swav"}
+    percent = {"alex2", "alex5", "incep", "clip", "img_ret", "brain_ret", "cap_ret", "cap_brain_ret"}
+    for metric in METRICS:
+        assert metric.higher_is_better == (metric.key not in lower_is_better), metric.key
+        assert metric.percent == (metric.key in percent), metric.key
+
+
+def pixel_features(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A stand-in feature network: a different view of the pixels under each feature name."""
+    flat = x.flatten(1)
+    views = (flat, flat.square(), flat.sqrt(), 1 - flat, flat[:, ::2], flat[:, 1::2], flat.exp())
+    return dict(zip(("fid", "clip", "alex2", "alex5", "incep", "eff", "swav"), views))
+
+
+def test_each_metric_is_its_function_of_its_own_features():
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 256, size=(6, 4, 4, 3), dtype=np.uint8)
+    rec = np.clip(gt.astype(int) + rng.integers(-90, 90, gt.shape), 0, 255).astype(np.uint8)
+    true = rng.standard_normal((6, 5))
+    pred = {"img": true + rng.standard_normal((6, 5)), "cap": true + 2 * rng.standard_normal((6, 5))}
+    predictions = {target: (p, true) for target, p in pred.items()}
+    results = evaluate_images(gt, rec, {"pixels": pixel_features}, {}, predictions, CFG, torch.device("cpu"))
+
+    def features(images):
+        x = torch.from_numpy(metrics.unit_float_images(images)).permute(0, 3, 1, 2)
+        return {name: f.numpy() for name, f in pixel_features(x).items()}
+
+    a, b = features(gt), features(rec)
+    expected = {
+        "fid_paired": metrics.frechet_distance_features(a["fid"], b["fid"]),
+        "fd_clip": metrics.frechet_distance_features(a["clip"], b["clip"]),
+        "pixcorr": metrics.pixcorr_per_image(gt, rec, CFG.image_side).mean(),
+        "ssim": metrics.ssim_per_image(gt, rec, CFG.image_side).mean(),
+        **{key: metrics.two_way_identification(a[key], b[key]) for key in ("alex2", "alex5", "incep", "clip")},
+        **{key: metrics.correlation_distance_per_image(a[key], b[key]).mean() for key in ("eff", "swav")},
+    }
+    for key, (target, direction) in {
+        "img_ret": ("img", "image"),
+        "brain_ret": ("img", "brain"),
+        "cap_ret": ("cap", "image"),
+        "cap_brain_ret": ("cap", "brain"),
+    }.items():
+        hits = metrics.retrieval_hits(*predictions[target], CFG.retrieval_pool, CFG.retrieval_draws, CFG.seed)
+        expected[key] = hits[direction].sum() / hits["appearances"].sum()
+    assert {key: results[key]["value"] for key in expected} == pytest.approx(expected)
 
 
 def test_missing_weights_are_reported_missing_not_computed(tmp_path):

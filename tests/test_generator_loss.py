@@ -35,6 +35,8 @@ def test_contra_direction_matters_and_lam_is_checked():
     assert contra(a, b, 0.5, 0.0).item() == pytest.approx(contra(b, a, 0.5, 1.0).item(), abs=1e-6)
     with pytest.raises(ValueError, match="lam"):
         contra(a, b, 0.5, 1.5)
+    with pytest.raises(ValueError, match="one shape"):
+        contra(a, b[:5], 0.5, 0.0)
 
 
 def test_perturbation_formula():
@@ -95,6 +97,8 @@ def test_ema_update_and_half_life():
     beta = ema_beta(batch=32, cur_nimg=10**9, ema_kimg=10, ema_rampup=None)
     assert beta ** (10_000 / 32) == pytest.approx(0.5)
     assert ema_beta(32, 1000, 10, 0.05) < beta  # ramp-up: shorter half-life early
+    # StyleGAN2-ADA's ramp-up at the first step of batch 4: a half-life of 4 * 0.05 = 0.2 images
+    assert ema_beta(4, 4, 10, 0.05) == pytest.approx(0.5 ** (4 / 0.2))
 
 
 def loss_and_batch(n_conditions=2, itc=True):
@@ -119,6 +123,35 @@ def test_phases_return_named_terms_and_finite_losses():
     expected = terms["Loss/G/adv"] - 5 * sum(terms[f"Loss/G/{n}/{k}"] for n in ("itc", "itd") for k in (0, 1))
     assert losses["G"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.pl_mean.item() > 0
+
+
+def test_contrastive_terms_below_unit_weight_are_in_the_loss():
+    """A contrastive weight below 1 still switches its terms on, each at weight / K (K = 2)."""
+    loss, batch = loss_and_batch()
+    loss.cfg.itc = loss.cfg.itd = 0.5
+    losses, terms = loss.g_main(batch, StepRandom(0, 0, "g", torch.device("cpu")))
+    heads = sum(terms[f"Loss/G/{n}/{k}"] for n in ("itc", "itd") for k in (0, 1))
+    assert losses["G"].item() == pytest.approx((terms["Loss/G/adv"] - 0.25 * heads).item(), rel=1e-5)
+    losses, terms = loss.d_main(batch, StepRandom(0, 0, "d", torch.device("cpu")))
+    itd = terms["Loss/D/itd/0"] + terms["Loss/D/itd/1"]
+    expected = terms["Loss/D/fake"] + terms["Loss/D/real"] - 0.25 * itd
+    assert losses["D"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_itc_crops_take_between_crop_min_and_crop_max_of_the_side(monkeypatch):
+    loss, batch = loss_and_batch()
+    loss.cfg.crop_min, loss.cfg.crop_max = 0.6, 0.8
+    scales = []
+
+    def recording(x, scale, offset, size):
+        scales.append(scale)
+        return random_crop_resize(x, scale, offset, size)
+
+    monkeypatch.setattr("mindreader.generator.loss.random_crop_resize", recording)
+    for step in range(5):
+        loss.g_main(batch, StepRandom(0, step, "Gmain", torch.device("cpu")))
+    drawn = torch.cat(scales)
+    assert 0.6 <= drawn.min() and drawn.max() <= 0.8
 
 
 def test_same_step_randomness_gives_the_same_loss():

@@ -19,7 +19,7 @@ from test_generator_networks import tiny_D, tiny_G
 from mindreader.generator.data import pretraining_set
 from mindreader.generator.distributed import StepRandom
 from mindreader.generator.loss import LafiteLoss, LossConfig
-from mindreader.generator.reconstruct import reconstruct
+from mindreader.generator.reconstruct import generate_images, reconstruct
 from mindreader.generator.stages import from_pretrained
 from mindreader.generator.store import architecture, save_networks
 from mindreader.nsd.write import write_stimuli
@@ -156,7 +156,8 @@ def test_style_mixing_takes_the_layers_after_a_cutoff_from_a_second_latent(proba
 
     loss.G.mapping.forward = recording
     c = torch.randn(4, 1, 12)
-    for step in range(5):
+    drawn = set()
+    for step in range(20):
         outputs.clear()
         _, ws = loss.generate(c, StepRandom(0, step, "Gmain", CPU))
         first = outputs[0]
@@ -167,6 +168,9 @@ def test_style_mixing_takes_the_layers_after_a_cutoff_from_a_second_latent(proba
         cutoffs = [k for k in range(1, ws.shape[1]) if torch.equal(ws[:, :k], first[:, :k])]
         cutoff = max(cutoffs)
         assert torch.equal(ws[:, cutoff:], second[:, cutoff:]) and not torch.equal(first, second)
+        drawn.add(cutoff)
+    if probability == 1.0:  # as StyleGAN2-ADA: any cutoff from 1 to the number of ws - 1
+        assert drawn == set(range(1, ws.shape[1]))
 
 
 def test_end_to_end_mapper_loss_weights():
@@ -184,6 +188,15 @@ def test_end_to_end_mapper_loss_weights():
         expected += 0.2 * mse + 0.3 * (1 - cos.mean()) - 0.5 * columns
     assert (cfg.mapper_mse, cfg.mapper_cos, cfg.mapper_contra, cfg.mapper_adv) == (0.2, 0.3, 0.5, 0.1)
     assert loss.mapper_loss(pred, target, adv, {}).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_generated_images_are_the_same_in_any_batch_size_and_none_for_no_conditions():
+    G = tiny_G()
+    c = F.normalize(torch.randn(5, 1, 12), dim=-1)
+    in_twos = generate_images(G, c, "random", 0, CPU, batch_size=2)
+    np.testing.assert_array_equal(generate_images(G, c, "random", 0, CPU), in_twos)
+    none = generate_images(G, c[:0], "random", 0, CPU)
+    assert none.shape == (0, G.img_resolution, G.img_resolution, 3) and none.dtype == np.uint8
 
 
 def test_reconstructions_are_drawn_by_G_ema(tmp_path):

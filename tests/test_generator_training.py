@@ -109,6 +109,42 @@ def test_training_runs_logs_and_changes_weights(tmp_path):
     assert_same(weights(again), weights(result), rtol=0, atol=0)
 
 
+def test_each_log_row_is_the_mean_of_each_term_over_its_steps(tmp_path):
+    trainer = make_trainer(tmp_path / "ckpt")
+    step_terms = []
+    train_step = trainer.train_step
+
+    def recording(step):
+        step_terms.append(train_step(step))
+        return step_terms[-1]
+
+    trainer.train_step = recording
+    rows = trainer.train().rows
+    assert [row["step"] for row in rows] == [2, 4, 6, 8]
+    for row in rows:
+        window = step_terms[row["step"] - trainer.cfg.log_steps : row["step"]]
+        means = {}
+        for key in {key for terms in window for key in terms}:  # the regularisers run every 2nd step
+            values = [terms[key] for terms in window if key in terms]
+            means[key] = sum(values) / len(values)
+        assert {key: row[key] for key in means} == pytest.approx(means)
+
+
+def test_G_ema_after_a_step_is_the_ramped_up_average_with_G(tmp_path):
+    """With ema_rampup 1 the EMA's half-life is the images shown so far (at most ema_kimg): after
+    the first step (batch 4) the old and new weights count half each, after the second (8 images)
+    the old ones 0.5 ** (4 / 8)."""
+    trainer = make_trainer(tmp_path / "ckpt")
+    trainer.cfg = dataclasses.replace(trainer.cfg, ema_rampup=1.0)
+    for step, beta in ((0, 0.5), (1, 0.5 ** (4 / 8))):
+        before = [p.clone() for p in trainer.G_ema.parameters()]
+        trainer.train_step(step)
+        for old, new, ema in zip(before, trainer.G.parameters(), trainer.G_ema.parameters()):
+            torch.testing.assert_close(ema, beta * old + (1 - beta) * new)
+        for ema, buffer in zip(trainer.G_ema.buffers(), trainer.G.buffers()):
+            assert torch.equal(ema, buffer)
+
+
 def test_sample_grid_shows_reals_above_draws_enlarged_to_a_readable_size(tmp_path):
     data = tiny_set()
     G = tiny_G(n_conditions=2)

@@ -294,6 +294,30 @@ def test_retrieval_matches_brute_force():
     assert metrics["cosine"] == pytest.approx(np.mean(cosines))
 
 
+def test_embedding_metrics_of_short_and_zero_vectors():
+    rng = np.random.default_rng(5)
+    target = rng.standard_normal((10, 4))
+    pred = target + rng.standard_normal((10, 4))
+    full = embedding_metrics(pred, target, np.arange(10), pool=5, draws=3, seed=0)
+    # cosines and retrieval do not depend on the vectors' lengths, also for lengths well below 1
+    short = embedding_metrics(pred * 1e-3, target * 1e-3, np.arange(10), pool=5, draws=3, seed=0)
+    assert short["cosine"] == pytest.approx(full["cosine"]) and short["retrieval"] == full["retrieval"]
+    # a zero vector's cosine with anything is 0, not NaN
+    pred[0], target[1] = 0.0, 0.0
+    cosines = [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(pred[2:], target[2:])]
+    cosines = [0.0, 0.0] + cosines
+    zeros = embedding_metrics(pred, target, np.arange(10), pool=5, draws=3, seed=0)
+    assert zeros["cosine"] == pytest.approx(np.mean(cosines))
+
+
+def test_embedding_metrics_reject_inputs_that_disagree():
+    pred = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="disagree"):
+        embedding_metrics(pred, pred, np.arange(3), pool=4, draws=1, seed=0)
+    with pytest.raises(ValueError, match="disagree"):
+        embedding_metrics(pred, pred[:, :2], np.arange(4), pool=4, draws=1, seed=0)
+
+
 # --- data ---------------------------------------------------------------------------------------
 
 

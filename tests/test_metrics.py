@@ -11,7 +11,7 @@ from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
 from mindreader import metrics
-from mindreader.evaluation.bootstrap import mean_ci, ratio_ci
+from mindreader.evaluation.bootstrap import mean_ci, percentile_ci, ratio_ci, resamples, statistic_ci
 from mindreader.evaluation.fid_reference import pytorch_fid_frechet_distance
 
 
@@ -69,6 +69,13 @@ def test_feature_moments_over_batches_equal_numpy_mean_and_covariance():
         moments.add(x[:, :5])
 
 
+def test_feature_stats_needs_two_vectors_of_any_width():
+    mean, cov = metrics.feature_stats(np.array([[1.0], [3.0]]))
+    assert mean.tolist() == [2.0] and float(cov) == 2.0
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.feature_stats(np.ones((1, 5)))
+
+
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="sigma2"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
@@ -95,6 +102,17 @@ def test_two_way_identification_chance_and_perfect():
     assert abs(unrelated - 0.5) < 0.05
 
 
+def test_two_way_identification_scores_each_reconstruction_against_the_other_ground_truths():
+    # Zero-mean orthogonal ground truths (pairwise r = 0). Reconstruction 0 is image 0. Reconstruction
+    # 1 is image 0 too: r 0 with its own image 1, below image 0's r 1 and tied with image 2's r 0, so
+    # it beats neither. Reconstruction 2 leans to image 2 (r 0.94) with some of image 1 (r 0.33).
+    # r is not symmetric: read per ground truth instead of per reconstruction it gives [0.5, 0, 1].
+    gt = np.array([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]])
+    pred = np.stack([gt[0], gt[0], gt[2] + 0.5 * gt[1]])
+    np.testing.assert_array_equal(metrics.two_way_per_image(gt, pred), [1.0, 0.0, 1.0])
+    assert metrics.two_way_identification(gt, pred) == pytest.approx(2 / 3)
+
+
 def test_correlation_distance_matches_corrcoef():
     rng = np.random.default_rng(4)
     gt, pred = rng.standard_normal((5, 20)), rng.standard_normal((5, 20))
@@ -112,6 +130,13 @@ def test_pixcorr_matches_corrcoef_of_flattened_rgb():
     rec = np.clip(gt.astype(int) + rng.integers(-60, 60, gt.shape), 0, 255).astype(np.uint8)
     expected = [np.corrcoef(a.ravel() / 255.0, b.ravel() / 255.0)[0, 1] for a, b in zip(gt, rec)]
     np.testing.assert_allclose(metrics.pixcorr_per_image(gt, rec, side=24), expected, rtol=1e-5)
+
+
+def test_pixcorr_of_a_flat_image_is_zero():
+    rng = np.random.default_rng(11)
+    gt = _images(rng, 2, 8)
+    flat = np.full_like(gt, 128)
+    np.testing.assert_array_equal(metrics.pixcorr_per_image(gt, flat, side=8), [0.0, 0.0])
 
 
 def test_pixel_metrics_resize_to_the_evaluation_side():
@@ -141,6 +166,26 @@ def test_ssim_matches_scikit_image_true_2d_ssim():
     ]
     np.testing.assert_allclose(metrics.ssim_per_image(gt, rec, side=48), expected, rtol=1e-6)
     assert metrics.ssim_per_image(gt, gt, side=48) == pytest.approx(1.0)
+
+
+def test_ssim_matches_scikit_image_on_dark_images():
+    # Dark images: the local means are near 0, where SSIM's stabilising constants C1 = (0.01)^2 and
+    # C2 = (0.03)^2 decide the score (on mid-grey images they hardly matter).
+    rng = np.random.default_rng(12)
+    gt = rng.integers(0, 12, size=(2, 32, 32, 3), dtype=np.uint8)
+    rec = rng.integers(0, 12, size=(2, 32, 32, 3), dtype=np.uint8)
+    expected = [
+        structural_similarity(
+            rgb2gray(a / 255.0),
+            rgb2gray(b / 255.0),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
+        for a, b in zip(gt, rec)
+    ]
+    np.testing.assert_allclose(metrics.ssim_per_image(gt, rec, side=32), expected, rtol=1e-6)
 
 
 def test_ssim_compares_at_425_by_default():
@@ -182,6 +227,17 @@ def test_retrieval_perfect_and_chance():
     assert random["image"].sum() / random["appearances"].sum() == pytest.approx(1 / 50, abs=0.01)
 
 
+def test_retrieval_directions_differ_on_an_asymmetric_pool():
+    # Both predictions lie nearest image 0, so brain -> image misses image 1; image 1 is still
+    # nearest its own prediction (cos 0.37 vs 0.20), so image -> brain finds it.
+    target = np.array([[1.0, 0.0], [0.0, 1.0]])
+    pred = np.array([[1.0, 0.2], [1.0, 0.4]])
+    hits = metrics.retrieval_hits(pred, target, pool_size=2, draws=3, seed=0)
+    assert hits["appearances"].tolist() == [3, 3]
+    assert hits["image"].tolist() == [3, 0]
+    assert hits["brain"].tolist() == [3, 3]
+
+
 def test_bootstrap_ci_brackets_the_value_and_is_reproducible():
     rng = np.random.default_rng(10)
     scores = rng.random(200)
@@ -192,6 +248,35 @@ def test_bootstrap_ci_brackets_the_value_and_is_reproducible():
     assert hi - lo == pytest.approx(2 * 1.96 * scores.std() / np.sqrt(200), rel=0.25)
     ratio = ratio_ci(np.array([1, 2, 0, 3]), np.array([2, 2, 2, 4]), 100, seed=0)
     assert ratio["value"] == pytest.approx(6 / 10)
+
+
+def test_percentile_ci_is_the_central_95_percent():
+    # On 0, 1, ..., 1000 the 2.5th and 97.5th percentiles are 25 and 975 (90 %: 50 and 950).
+    assert percentile_ci(np.arange(1001)) == pytest.approx([25.0, 975.0])
+
+
+def test_bootstrap_cis_are_percentiles_of_the_statistic_over_resampled_images():
+    rng = np.random.default_rng(13)
+    scores, hits, seen = rng.random(30), rng.integers(0, 3, 30), rng.integers(1, 4, 30)
+    idx = resamples(30, 400, seed=5)
+    assert idx.shape == (400, 30) and set(idx.ravel()) == set(range(30))
+
+    mean = mean_ci(scores, 400, seed=5)
+    assert mean["value"] == pytest.approx(scores.mean())
+    assert mean["ci95"] == pytest.approx(np.percentile(scores[idx].mean(axis=1), [2.5, 97.5]))
+    ratio = ratio_ci(hits, seen, 400, seed=5)
+    assert ratio["value"] == pytest.approx(hits.sum() / seen.sum())
+    assert ratio["ci95"] == pytest.approx(np.percentile(hits[idx].sum(axis=1) / seen[idx].sum(axis=1), [2.5, 97.5]))
+    median = statistic_ci(lambda i: np.median(scores[i]), 30, 400, seed=5)
+    assert median["value"] == pytest.approx(np.median(scores))
+    assert median["ci95"] == pytest.approx(np.percentile([np.median(scores[i]) for i in idx], [2.5, 97.5]))
+
+
+def test_a_ratio_over_no_appearances_is_zero():
+    assert ratio_ci(np.zeros(3), np.zeros(3), 50, seed=0) == {"value": 0.0, "ci95": [0.0, 0.0]}
+    # a resample of only the unseen image has no appearances: its replicate is 0, not NaN
+    ratio = ratio_ci(np.array([0, 1]), np.array([0, 1]), 200, seed=0)
+    assert ratio["value"] == 1.0 and ratio["ci95"] == [0.0, 1.0]
 
 
 def test_scipy_sqrtm_is_left_unpatched_by_the_reference():

@@ -104,6 +104,28 @@ def test_chance_by_hand_and_a_single_training_class():
     assert per_image["f"].tolist() == [0, 1, 0, 0]
 
 
+def probe_one_factor(labels: list[str]) -> dict:
+    """The probe summary of a factor read from a coordinate that separates its classes by far."""
+    rng = np.random.default_rng(1)
+    codes = {label: i for i, label in enumerate(sorted(set(labels)))}
+    x = np.column_stack([[5.0 * codes[label] for label in labels], rng.standard_normal(len(labels))])
+    table = pd.DataFrame({"f": labels})
+    summary, _ = probe_factors(x, table, x, table, n_boot=10, seed=0, factors=["f"])
+    return summary["f"]
+
+
+@pytest.mark.parametrize("per_class", [2, 30])  # 2: two folds (no class occurs more often); 30: three
+def test_cross_validation_keeps_the_strongest_regularisation_among_equals(per_class):
+    """Every C of the grid classifies the held-out folds perfectly: the tie goes to the first,
+    most regularised C of the grid, 0.01."""
+    summary = probe_one_factor(["a", "b"] * per_class)
+    assert summary["C"] == 0.01 and summary["value"] == 1.0
+
+
+def test_without_a_class_that_occurs_twice_there_is_no_cross_validation():
+    assert probe_one_factor(["a", "b", "c"])["C"] == 1.0  # LogisticRegression's default
+
+
 def test_same_seed_same_probe(factors):
     first, _ = run(factors, ["largest_shape_kind"], seed=3)
     second, _ = run(factors, ["largest_shape_kind"], seed=3)

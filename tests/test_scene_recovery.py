@@ -12,6 +12,7 @@ from PIL import Image
 
 from mindreader.evaluation.scenes import (
     SCORES,
+    best_constant_position,
     bounding_box,
     chance_levels,
     largest_shape,
@@ -19,6 +20,7 @@ from mindreader.evaluation.scenes import (
     read_scenes,
     scene_factors,
     scene_recovery,
+    score_image,
     score_reconstructions,
     visible_areas,
 )
@@ -110,6 +112,18 @@ def test_shape_in_the_wrong_place_fails_position_only():
     assert table[list(SCORES)].to_numpy().tolist() == [[1, 1, 0]]
 
 
+def test_centroid_is_taken_at_pixel_centres_and_a_box_edge_counts_as_inside():
+    # The circle's box is [0.125, 0.375]^2; the shape colour fills pixels 11..12 of both axes,
+    # whose centres average to 12 / 32 = 0.375: the box's bottom right corner.
+    scene = Scene("white", (Shape("circle", "blue", (0.25, 0.25), 0.25, 0.0),))
+    image = np.empty((32, 32, 3), np.uint8)
+    image[:] = PALETTE["white"]
+    image[11:13, 11:13] = PALETTE["blue"]
+    result = score_image(image, scene)
+    assert (result["centroid_x"], result["centroid_y"]) == (0.375, 0.375)
+    assert result["largest_shape_colour"] == result["largest_shape_position"] == 1
+
+
 def test_largest_shape_is_by_visible_area():
     """A big square mostly covered by a later circle: the square is larger drawn alone, the circle
     is larger as seen."""
@@ -168,6 +182,14 @@ def test_chance_levels_by_hand():
     assert chance["largest_shape_position"] == pytest.approx(2 / 4)
 
 
+def test_best_constant_position_needs_a_point_inside_both_extents():
+    # (left, top, right, bottom) boxes over the same columns, one above the other: no point lies
+    # in both; the lower one moved up to overlap the upper one in y: a point does.
+    lower, upper = [0.1, 0.65, 0.3, 0.85], [0.1, 0.2, 0.3, 0.4]
+    assert best_constant_position(np.array([lower, upper])) == 0.5
+    assert best_constant_position(np.array([lower, [0.1, 0.5, 0.3, 0.7]])) == 1.0
+
+
 def test_summary_has_value_ci_and_chance():
     images = [draw_scene(s, 32) for s in SCENES.values()]
     images[1] = np.full_like(images[1], PALETTE["white"])  # scene 8's background, no shape
@@ -204,3 +226,10 @@ def test_stimuli_of_a_synthetic_tree_recover_their_scenes(tmp_path):
     assert table["largest_shape_position"].mean() >= 0.85
     with pytest.raises(FileNotFoundError, match="scenes.json"):
         read_scenes(tmp_path / "synthetic" / "absent.json")
+
+
+def test_scene_records_without_an_nsd_id_are_rejected(tmp_path):
+    path = tmp_path / "scenes.json"
+    path.write_text('[{"background": "white", "shapes": []}]')
+    with pytest.raises(ValueError, match="nsdId"):
+        read_scenes(path)
