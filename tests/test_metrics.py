@@ -149,11 +149,10 @@ def test_pixel_metrics_resize_to_the_evaluation_side():
     )
 
 
-def test_ssim_matches_scikit_image_true_2d_ssim():
-    rng = np.random.default_rng(7)
-    gt = _images(rng, 3, 48)
-    rec = np.clip(gt.astype(int) + rng.integers(-80, 80, gt.shape), 0, 255).astype(np.uint8)
-    expected = [
+def _skimage_ssim(gt, rec) -> list[float]:
+    """scikit-image's true 2-D SSIM of each pair: grayscale, Gaussian weights, sigma 1.5, no sample
+    covariance, data range 1 (evaluation.md)."""
+    return [
         structural_similarity(
             rgb2gray(a / 255.0),
             rgb2gray(b / 255.0),
@@ -164,6 +163,13 @@ def test_ssim_matches_scikit_image_true_2d_ssim():
         )
         for a, b in zip(gt, rec)
     ]
+
+
+def test_ssim_matches_scikit_image_true_2d_ssim():
+    rng = np.random.default_rng(7)
+    gt = _images(rng, 3, 48)
+    rec = np.clip(gt.astype(int) + rng.integers(-80, 80, gt.shape), 0, 255).astype(np.uint8)
+    expected = _skimage_ssim(gt, rec)
     np.testing.assert_allclose(metrics.ssim_per_image(gt, rec, side=48), expected, rtol=1e-6)
     assert metrics.ssim_per_image(gt, gt, side=48) == pytest.approx(1.0)
 
@@ -174,17 +180,7 @@ def test_ssim_matches_scikit_image_on_dark_images():
     rng = np.random.default_rng(12)
     gt = rng.integers(0, 12, size=(2, 32, 32, 3), dtype=np.uint8)
     rec = rng.integers(0, 12, size=(2, 32, 32, 3), dtype=np.uint8)
-    expected = [
-        structural_similarity(
-            rgb2gray(a / 255.0),
-            rgb2gray(b / 255.0),
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-            data_range=1.0,
-        )
-        for a, b in zip(gt, rec)
-    ]
+    expected = _skimage_ssim(gt, rec)
     np.testing.assert_allclose(metrics.ssim_per_image(gt, rec, side=32), expected, rtol=1e-6)
 
 
