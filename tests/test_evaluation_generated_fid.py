@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_RUN, run_snakemake, tiny_config
+from conftest import tiny_config
 
 from mindreader import metrics
 from mindreader.evaluation import BatteryConfig
@@ -21,12 +21,10 @@ from mindreader.evaluation.battery import extract_features
 from mindreader.evaluation.generated_fid import evaluate_generated_fid, generated_fid, generated_moments
 from mindreader.evaluation.networks import FID_NETWORK, FeatureNetwork, build_network
 from mindreader.evaluation.run import generated_fid_result
-from mindreader.io import read_json
 from mindreader.generator.networks import Discriminator, Generator
 from mindreader.generator.store import architecture, save_networks
 from mindreader.nsd.paths import STIMULI_RELPATH
 from mindreader.smoke import random_fid_inception_state
-from mindreader.weights import sha256_of
 
 torch.set_num_threads(1)
 C_DIM = 8  # condition width of the tiny generators below
