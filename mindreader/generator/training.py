@@ -177,6 +177,10 @@ class Trainer:
         self.total_steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
         self.step = 0
         self.rows: list[dict] = []
+        # each term's sum and count over the steps since the last row: checkpointed, so that a row
+        # whose window a SIGTERM cut averages all of its steps after the resume
+        self.window_sums: dict[str, float] = {}
+        self.window_counts: dict[str, int] = {}
         self.seconds = 0.0
         self.nonfinite_steps = 0  # phase steps skipped for non-finite gradients, in all
         self.nonfinite_run = {phase.name: 0 for phase in self.phases}  # ... in a row, per phase
@@ -279,6 +283,8 @@ class Trainer:
                 "step": self.step,
                 "fingerprint": self.fingerprint,
                 "rows": self.rows,
+                "window_sums": self.window_sums,
+                "window_counts": self.window_counts,
                 "seconds": self.seconds,
                 "nonfinite_steps": self.nonfinite_steps,
                 "nonfinite_run": self.nonfinite_run,
@@ -307,6 +313,9 @@ class Trainer:
         set_rng_state(tensors, state["rng"])
         self.step = int(state["step"])
         self.rows = list(state["rows"])
+        # absent from checkpoints written before the window was kept: the row starts afresh
+        self.window_sums = {k: float(v) for k, v in state.get("window_sums", {}).items()}
+        self.window_counts = {k: int(v) for k, v in state.get("window_counts", {}).items()}
         self.seconds = float(state["seconds"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.nonfinite_run = {name: int(n) for name, n in state["nonfinite_run"].items()}
@@ -338,8 +347,6 @@ class Trainer:
 
     def train(self) -> TrainResult:
         self.try_resume()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
         bar = tqdm(
             total=self.total_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0, mininterval=2
         )
@@ -349,17 +356,17 @@ class Trainer:
                 terms = self.train_step(self.step)
                 self.seconds += time.perf_counter() - start
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    counts[k] = counts.get(k, 0) + 1
+                    self.window_sums[k] = self.window_sums.get(k, 0.0) + v
+                    self.window_counts[k] = self.window_counts.get(k, 0) + 1
                 step = self.step
                 self.step += 1
                 kimg = self.step * self.cfg.batch / 1000
                 if self.step % self.cfg.log_steps == 0 or self.step == self.total_steps:
                     row = {"step": self.step, "kimg": kimg, "seconds": round(self.seconds, 3)}
-                    row.update({k: sums[k] / counts[k] for k in sorted(sums)})
+                    row.update({k: self.window_sums[k] / self.window_counts[k] for k in sorted(self.window_sums)})
                     row["Progress/nonfinite_steps"] = self.nonfinite_steps
                     self.rows.append(row)
-                    sums, counts = {}, {}
+                    self.window_sums, self.window_counts = {}, {}
                     log.info(
                         "step %d kimg %.2f kimg/s %.3f %s",
                         self.step,
