@@ -8,9 +8,18 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 # The rules' scripts import this repository's mindreader package; conda envs (cluster runs) do
-# not contain it, so put the repository on PYTHONPATH for every job.
+# not contain it, so put the repository on PYTHONPATH for every job. The repository is this
+# file's folder, not workflow.basedir (the importing workflow's folder when another workflow
+# uses this one as a module); a remote module (github(...)) has none: install the package there.
+WORKFLOW_DIR = workflow.current_basedir.get_path_or_uri(secret_free=True)
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+    filter(
+        None,
+        [
+            WORKFLOW_DIR if os.path.isdir(WORKFLOW_DIR) else None,
+            os.environ.get("PYTHONPATH"),
+        ],
+    )
 )
 
 

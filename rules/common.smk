@@ -81,7 +81,8 @@ SYNTHETIC = config["synthetic"]["enabled"]
 
 # The values each run axis may take (the schema's enums of ablations.main), and the two CLIP
 # targets of a mapper. Rules narrow these where two of them share a path (strategy).
-SCHEMA = yaml.safe_load(open(os.path.join(workflow.basedir, "config", "schema.yaml")))
+# (relative to this file: workflow.basedir is the importing workflow's when used as a module)
+SCHEMA = yaml.safe_load(open(workflow.source_path("../config/schema.yaml")))
 ALLOWED = {
     axis: spec["enum"]
     for axis, spec in SCHEMA["properties"]["ablations"]["properties"]["main"][
