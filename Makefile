@@ -62,18 +62,29 @@ lint: $(STAMP)
 mutants: $(STAMP)
 	$(BIN)/python tests/mutation_audit.py $(MUTANTS_ARGS)
 
-# `snakemake --profile slurm` looks profiles up by name in Snakemake's user config folder: copy
-# ours there, filling in the cluster's names where given, e.g.
+# `snakemake --profile slurm` looks profiles up by name in Snakemake's user config folder. Where
+# a site has its own `slurm` profile, use it: the rules bring their own resources, and it needs
+# only the partitions file (profiles/slurm/partitions.yaml). Where there is none, this copies ours
+# there with the cluster's names, e.g.
 # `make install-profile SLURM_ACCOUNT=mylab SLURM_PARTITION=cpu SLURM_GPU_PARTITION=gpu`.
-# Left empty, jobs go to the cluster's default partition and the plugin guesses the account.
+# It never overwrites a profile: with one there, it stops and says what to add to it.
+SLURM_PARTITION ?= cpu
+SLURM_GPU_PARTITION ?= gpu
 PROFILE_DEST ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
 install-profile:
+	@if [ -e $(PROFILE_DEST)/config.yaml ] || [ -e $(PROFILE_DEST)/partitions.yaml ]; then \
+	  echo "$(PROFILE_DEST) already holds a profile: left as it is. To run this workflow with it, copy" >&2; \
+	  echo "profiles/slurm/partitions.yaml next to its config.yaml with your partitions' names, and add" >&2; \
+	  echo "'slurm-partition-config: partitions.yaml' to it (the rules bring their own resources); or" >&2; \
+	  echo "install ours under another name: make install-profile PROFILE_DEST=~/.config/snakemake/mindreader-slurm" >&2; \
+	  exit 1; \
+	fi
 	mkdir -p $(PROFILE_DEST)
 	sed -e 's|^  slurm_account: ""|  slurm_account: "$(SLURM_ACCOUNT)"|' \
-	    -e 's|^  slurm_partition: ""|  slurm_partition: "$(SLURM_PARTITION)"|' \
-	    -e 's|&gpu_partition ""|\&gpu_partition "$(SLURM_GPU_PARTITION)"|' \
 	    profiles/slurm/config.yaml > $(PROFILE_DEST)/config.yaml
-	@echo "Installed $(PROFILE_DEST)/config.yaml: run \`snakemake --profile slurm --configfile config/nsd.yaml\`."
+	sed -e 's|^  cpu:$$|  $(SLURM_PARTITION):|' -e 's|^  gpu:$$|  $(SLURM_GPU_PARTITION):|' \
+	    profiles/slurm/partitions.yaml > $(PROFILE_DEST)/partitions.yaml
+	@echo "Installed $(PROFILE_DEST): run \`snakemake --profile $(notdir $(PROFILE_DEST)) --configfile config/nsd.yaml\`."
 
 clean:
 	rm -rf results .snakemake

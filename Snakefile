@@ -55,6 +55,10 @@ rule all:
 cap_runtimes(workflow.rules)
 
 
+onstart:
+    add_failure_retries(workflow.rules, workflow.execution_settings.retries)
+
+
 # Training jobs keep their last checkpoint (a job cut at its time limit after writing its outputs
 # counts as failed, and its rerun resumes there): remove those whose outputs are now accepted.
 onsuccess:

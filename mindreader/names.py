@@ -66,6 +66,8 @@ TABLE_NAMES = tuple(name for name, _, _ in ABLATION_TABLES) + ("comparison",)
 # G_ema, z and seed); the oracle's files carry this suffix after the strategy.
 RECONSTRUCTION_SOURCES = ("brain", "oracle")
 ORACLE_SUFFIX = "_oracle"
+# The workflow's rules whose jobs resume from a checkpoint, and so may run as several jobs.
+TRAINING_RULES = ("train_mapper", "pretrain_generator", "finetune_generator", "finetune_e2e")
 
 # The stages of the information table (results/tables/scene_recovery.*): probes on the true CLIP
 # embeddings, the same probes on the mappers' predictions, scene recovery of the oracle and of the

@@ -31,7 +31,8 @@ if CLIP["train_demo"]:
         # CPU-s (a model this small gains nothing from a second thread under load)
         threads: 1
         resources:
-            mem_mb=4000,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
         params:
             config=config_param("clip.demo", "seed"),
         script:
@@ -52,7 +53,9 @@ rule embed_images:
         "../envs/torch.yaml"
     threads: CLIP["threads"]
     resources:
-        mem_mb=8000,
+        gpu=CLIP["gpus"],
+        mem_mb=per_attempt(CLIP["mem_mb"]),
+        runtime=per_attempt(CLIP["runtime"]),
     params:
         config=config_param(
             "clip", "subjects", "prepare.sessions", "seed", without=["clip.screening"]
@@ -77,7 +80,9 @@ rule embed_captions:
         "../envs/torch.yaml"
     threads: CLIP["threads"]
     resources:
-        mem_mb=8000,
+        gpu=CLIP["gpus"],
+        mem_mb=per_attempt(CLIP["mem_mb"]),
+        runtime=per_attempt(CLIP["runtime"]),
     params:
         config=config_param("clip", "seed"),
     script:

@@ -11,7 +11,7 @@ import re
 import yaml
 from snakemake.utils import validate
 
-from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, VARIANTS
+from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, TRAINING_RULES, VARIANTS
 from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
@@ -179,20 +179,35 @@ def evaluation_runs():
 MAX_RUNTIME = config["cluster"]["max_runtime"]
 
 
-def training_runtime(minutes):
-    """Time limit of a training job's attempt: `minutes` (the projected length of the whole
-    training) times the attempt number, then capped by cap_runtimes()."""
-    return lambda wildcards, attempt: minutes * attempt
+def per_attempt(value):
+    """A resource that grows with the attempt: `value` on the first, `value` x attempt on each
+    retry (time limits then capped by cap_runtimes())."""
+    return lambda wildcards, attempt: value * attempt
 
 
 def training_retries(minutes):
     """Retries of a training job projected to take `minutes`: one per further MAX_RUNTIME chunk it
-    needs (the job stopped at its time limit checkpoints on SIGTERM, the retry resumes), plus the
-    profile's retries for failures. Bounded, so a job that fails for good stops."""
-    # None when the workflow is only parsed (--lint, the API): no job runs then.
-    settings = workflow.execution_settings
-    failures = settings.retries if settings is not None else 0
-    return math.ceil(minutes / MAX_RUNTIME) - 1 + failures
+    needs (the job stopped at its time limit checkpoints on SIGTERM, the retry resumes). The run's
+    own retries for failures (--retries, the profile's) come on top once they are known:
+    add_failure_retries, at the start of the run.
+
+    Only the scheduling process retries: inside a cluster job (Snakemake's remote mode) a rule's
+    own retries would rerun a crashed training in the same allocation, on the same node, before
+    the scheduler hears of it. There the job fails, and the retry is a new job that resumes.
+    """
+    if workflow.remote_exec:
+        return 0
+    return math.ceil(minutes / MAX_RUNTIME) - 1
+
+
+def add_failure_retries(rules, retries):
+    """Add the run's `retries` to each training rule's chunk retries. A rule's `retries:` replaces
+    the run's, and the run's settings are not yet known when the rules are defined: the Snakefile
+    calls this when the run starts (onstart; not in a cluster job, which runs no hooks).
+    """
+    for each in rules:
+        if each.name in TRAINING_RULES:
+            each.restart_times = each.restart_times + retries
 
 
 def capped_runtime(asked):

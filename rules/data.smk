@@ -14,7 +14,8 @@ if SYNTHETIC:
             "../envs/data.yaml"
         threads: 1
         resources:
-            mem_mb=1000,
+            mem_mb=per_attempt(1000),
+            runtime=per_attempt(30),
         params:
             config=config_param("synthetic", "subjects"),
         script:
@@ -36,7 +37,10 @@ rule prepare_subject:
     resources:
         # measured: ~0.2 GB for one full-size session; a real subject adds its averaged samples
         # (~0.06 GB for the test set, ~0.55 GB more with train_repeats: average)
-        mem_mb=2000,
+        mem_mb=per_attempt(2000),
+        # 37 gzipped sessions of ~340 MB take ~5 CPU s each to decompress, more on a busy shared
+        # file system
+        runtime=per_attempt(60),
     params:
         config=config_param("prepare", "seed"),
     script:

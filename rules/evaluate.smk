@@ -45,7 +45,9 @@ rule evaluate_run:
         "../envs/metrics.yaml"
     threads: EVAL["threads"]
     resources:
-        mem_mb=8000,
+        gpu=EVAL["gpus"],
+        mem_mb=per_attempt(EVAL["mem_mb"]),
+        runtime=per_attempt(EVAL["runtime"]),
     params:
         config=config_param(
             "evaluation",
@@ -79,7 +81,9 @@ rule fid_generated:
         "../envs/metrics.yaml"
     threads: EVAL["threads"]
     resources:
-        mem_mb=8000,
+        gpu=EVAL["gpus"],
+        mem_mb=per_attempt(EVAL["mem_mb"]),
+        runtime=per_attempt(EVAL["runtime"]),
     params:
         config=config_param("evaluation", "seed"),
         true_targets=None,
@@ -168,7 +172,8 @@ rule scene_recovery_table:
         "../envs/metrics.yaml"
     threads: EVAL["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(30),
     params:
         **scene_recovery_inputs(),
         config=config_param("evaluation.bootstrap", "seed"),

@@ -29,8 +29,10 @@ rule pretrain_generator:
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
+        # all of a multi-GPU job's GPUs on one node (torchrun --standalone)
+        nodes=1,
         mem_mb=GEN["pretrain"]["mem_mb"],
-        runtime=training_runtime(GEN["pretrain"]["runtime"]),
+        runtime=per_attempt(GEN["pretrain"]["runtime"]),
     params:
         # fine-tuning's keys, and how the CLIP targets are made, do not rerun pre-training
         config=config_param(
@@ -65,7 +67,8 @@ rule import_lafite:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=16000,
+        mem_mb=per_attempt(16000),
+        runtime=per_attempt(30),
     script:
         "../scripts/import_lafite.py"
 
@@ -94,8 +97,10 @@ rule finetune_generator:
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
+        # all of a multi-GPU job's GPUs on one node (torchrun --standalone)
+        nodes=1,
         mem_mb=GEN["finetune"]["mem_mb"],
-        runtime=training_runtime(GEN["finetune"]["runtime"]),
+        runtime=per_attempt(GEN["finetune"]["runtime"]),
     params:
         config=config_param(
             "generator",
@@ -145,8 +150,10 @@ rule finetune_e2e:
     threads: GEN["threads"]
     resources:
         gpu=GEN["gpus"],
+        # all of a multi-GPU job's GPUs on one node (torchrun --standalone)
+        nodes=1,
         mem_mb=GEN["finetune"]["mem_mb"],
-        runtime=training_runtime(GEN["finetune"]["runtime"]),
+        runtime=per_attempt(GEN["finetune"]["runtime"]),
     params:
         config=config_param(
             "generator",
@@ -191,7 +198,9 @@ rule reconstruct:
         "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
-        mem_mb=4000,
+        gpu=GEN["reconstruct"]["gpus"],
+        mem_mb=per_attempt(GEN["reconstruct"]["mem_mb"]),
+        runtime=per_attempt(GEN["reconstruct"]["runtime"]),
     params:
         config=config_param("generator.reconstruct", "seed"),
         true_targets=lambda w: oracle_targets(w) if ORACLE else None,

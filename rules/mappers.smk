@@ -28,7 +28,7 @@ rule train_mapper:
     resources:
         gpu=lambda w: 0 if w.mapper == "ridge" else MAPPER_CFG["gpus"],
         mem_mb=MAPPER_CFG["mem_mb"],
-        runtime=training_runtime(MAPPER_CFG["runtime"]),
+        runtime=per_attempt(MAPPER_CFG["runtime"]),
     params:
         config=config_param("mappers", "seed"),
         checkpoint_dir=lambda w: "results/checkpoints/mappers/{subject}/{mapper}/{loss}/{target}".format(

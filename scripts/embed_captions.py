@@ -14,7 +14,7 @@ try:
         config["nsd_root"],
         snakemake.input.images,  # noqa: F821
         config["clip"],
-        select_device(config["device"]),
+        select_device(config["device"], snakemake.resources.get("gpu", 0)),
         config["seed"],
         output.h5,
         output.tsv,

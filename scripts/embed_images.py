@@ -16,7 +16,7 @@ try:
         config["subjects"],
         config["prepare"]["sessions"],
         config["clip"],
-        select_device(config["device"]),
+        select_device(config["device"], snakemake.resources.get("gpu", 0)),
         output,
     )
 except Exception:

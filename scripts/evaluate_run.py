@@ -15,7 +15,7 @@ setup_logging(sm.log[0])
 log = logging.getLogger("evaluate_run")
 config = sm.config
 set_threads(sm.threads)
-device = select_device(config["device"])
+device = select_device(config["device"], sm.resources.get("gpu", 0))
 cfg = battery_config(config["evaluation"], config["seed"])
 # (source, reconstructions, fid_generated rule's JSONs, metrics JSON, per-image CSV)
 evaluations = [("brain", sm.input.reconstructions, sm.input.fid_generated, sm.output.json, sm.output.per_image)]

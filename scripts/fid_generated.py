@@ -17,7 +17,7 @@ setup_logging(sm.log[0])
 log = logging.getLogger("fid_generated")
 config, eval_cfg = sm.config, sm.config["evaluation"]
 set_threads(sm.threads)
-device = select_device(config["device"])
+device = select_device(config["device"], sm.resources.get("gpu", 0))
 try:
     inception, reason = load_network(FID_NETWORK, eval_cfg["networks"][FID_NETWORK], device)
     if inception is None:

@@ -13,7 +13,7 @@ sm = snakemake  # noqa: F821 (snakemake is injected by the script directive)
 setup_logging(sm.log[0])
 config, rec = sm.config, sm.config["generator"]["reconstruct"]
 set_threads(sm.threads)
-device = select_device(config["device"])
+device = select_device(config["device"], sm.resources.get("gpu", 0))
 # (source, true-embedding files or None for the predictions, output file, PNG folder)
 outputs = [("brain", None, sm.output.h5, sm.output.png)]
 if "oracle_h5" in sm.output.keys():

@@ -15,7 +15,7 @@ try:
         config["nsd_root"],
         list(snakemake.input.prepared),  # noqa: F821
         config["clip"],
-        select_device(config["device"]),
+        select_device(config["device"], snakemake.resources.get("gpu", 0)),
         config["seed"],
         output.curve,
         output.metrics,

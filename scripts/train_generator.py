@@ -41,7 +41,7 @@ else:
         )
 forget_outputs(job["checkpoint_dir"])
 try:
-    launch(job, config["generator"]["gpus"], config["device"])
+    launch(job, sm.resources.get("gpu", 0), config["device"])
 except TrainingInterrupted as err:
     log.warning("%s", err)
     sys.exit(EXIT_INTERRUPTED)

@@ -25,7 +25,7 @@ try:
         w.target,
         config["mappers"],
         config["seed"],
-        select_device(config["device"]),
+        select_device(config["device"], sm.resources.get("gpu", 0)),
         sm.params.checkpoint_dir,
         subject=w.subject,
     )

@@ -32,6 +32,7 @@ from conftest import REPO, deep_update, run_snakemake, tiny_config
 from safetensors.torch import load_file
 from slurm_cluster import LocalSlurm, unavailable_reason
 
+from mindreader.checkpoint import STATE_FILE
 from mindreader.mappers.pipeline import run_mapper
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
@@ -260,3 +261,59 @@ def test_training_longer_than_the_time_limit_resumes_across_jobs_to_the_same_wei
     assert resumed_weights.keys() == uninterrupted.keys()
     differing = [name for name in uninterrupted if not torch.equal(resumed_weights[name], uninterrupted[name])]
     assert not differing, f"the training resumed across jobs differs from the uninterrupted one in {differing}"
+
+
+# Runs in every Python process started with its folder on PYTHONPATH; acts only in the cap
+# mapper's training script (Snakemake runs it as .snakemake/scripts/tmp*.train_mapper.py), once:
+# when the training has written its first checkpoint, the process dies as on a crash (no
+# handler runs), leaving the job id that crashed in the marker file.
+CRASH_ONCE = """
+import os, sys, threading, time
+from pathlib import Path
+
+marker = Path(os.environ["MINDREADER_TEST_CRASH_MARKER"])
+state = Path(os.environ["MINDREADER_TEST_CRASH_STATE"])
+if sys.argv and sys.argv[0].endswith("train_mapper.py") and not marker.exists():
+    def crash_after_the_first_checkpoint():
+        while not state.exists():
+            time.sleep(0.1)
+        marker.write_text(os.environ.get("SLURM_JOB_ID", "no job"))
+        os._exit(3)
+
+    threading.Thread(target=crash_after_the_first_checkpoint, daemon=True).start()
+"""
+
+
+def test_a_crashed_training_is_retried_as_a_new_slurm_job_that_resumes(upstream, tmp_path, monkeypatch):
+    """A training job that crashes (not a time-limit kill) is not rerun inside its allocation: its
+    SLURM job fails, and the retry (the profile's --retries 1) is a second SLURM job that resumes
+    from the checkpoint the first wrote. Catches: the rule's own retries kept inside the job
+    (Snakemake then reruns the script in the same allocation: one job, which ran it twice), and
+    the run's --retries not added to a training rule's (then nothing retries the crash)."""
+    workdir, _ = upstream
+    run = MAPPER_RUN.replace("/", os.sep)
+    checkpoint_state = workdir / "results/checkpoints/mappers" / run / "cap" / STATE_FILE
+    marker = tmp_path / "crashed"
+    (tmp_path / "sitecustomize.py").write_text(CRASH_ONCE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MINDREADER_TEST_CRASH_MARKER", str(marker))
+    monkeypatch.setenv("MINDREADER_TEST_CRASH_STATE", str(checkpoint_state))
+    # Several checkpoints' worth of steps, done well within one job's time; projected as three
+    # chunks of the time limit, so that its rule has retries of its own (chunks - 1) besides the
+    # run's --retries 1: those are what a job must not spend inside its allocation.
+    config = deep_update(tiny_config(**TINY), {"cluster": {"max_runtime": 10},
+                                               "mappers": {"runtime": 30, "train": {"epochs": 40}}})
+    before = {job["id"] for job in slurm_jobs()}
+    run_snakemake(workdir, [f"results/mappers/{MAPPER_RUN}/cap/metrics.json"], config, "--retries", "1",
+                  "--profile", str(TEST_PROFILE))
+    # (the caption targets' job first: the upstream fixture made the image targets only)
+    jobs = sorted((job for job in slurm_jobs() if job["id"] not in before and job["rule"] == "train_mapper"),
+                  key=lambda job: int(job["id"]))
+    logs = job_logs(workdir, jobs)
+    assert [job["state"] for job in jobs] == ["FAILED", "COMPLETED"], (jobs, tails(logs))
+    assert marker.read_text() == jobs[0]["id"], "the crash was not in the first job"
+    assert "resuming from checkpoint" not in logs[0] and "Trying to restart" not in logs[0], tails(logs)
+    assert logs[0].count("training samples") == 1, "the first job ran the training more than once"
+    resumed = resumed_steps(logs[1])
+    assert len(resumed) == 1 and resumed[0] > 0, tails(logs)
+    assert (workdir / f"results/mappers/{MAPPER_RUN}/cap/model.safetensors").is_file()

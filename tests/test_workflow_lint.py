@@ -5,6 +5,7 @@ tree of subjects 1, 2, 5 and 7 planned through the SLURM profile).
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from mindreader.nsd.paths import (
 )
 
 DEMO_CONFIG = REPO / "config" / "config.yaml"
+PROFILE = REPO / "profiles" / "slurm"
 NSD_CONFIG = REPO / "config" / "nsd.yaml"
 PAPER_SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
 RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
@@ -166,19 +168,36 @@ def planned_jobs(dry_run_output: str) -> list[dict]:
             line = re.search(rf"^\s+{name}: (.*)$", block, re.M)
             fields[name] = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
         output = re.search(r"^\s+output: (.*)$", block, re.M)
-        jobs.append({"rule": header.group(1), "output": output.group(1).split(", ") if output else [], **fields})
+        jobs.append({
+            "rule": header.group(1),
+            "output": output.group(1).split(", ") if output else [],
+            **fields,
+        })
     return jobs
 
 
-def paper_dry_run(workdir: Path) -> subprocess.CompletedProcess:
-    """The dry run a user starts on the cluster, in ``workdir``: the SLURM profile (less conda,
-    which cannot run here), config/nsd.yaml, an NSD tree with subjects 1, 2, 5, 7 (37 sessions) and
-    every weights file present. bench/paper_scale.py projects the paper's jobs from it too."""
+# A site's own profile at its smallest: the executor and its job limit, an account and the
+# partitions file. The rules must bring every other thing their jobs need.
+MINIMAL_SITE_PROFILE = {
+    "executor": "slurm",
+    "jobs": 100,
+    "default-resources": {"slurm_account": "lab"},
+    "slurm-partition-config": "partitions.yaml",
+}
+
+
+def paper_dry_run(workdir: Path, profile: dict | None = None) -> subprocess.CompletedProcess:
+    """The dry run a user starts on the cluster, in ``workdir``: a SLURM profile (``profile``, or
+    profiles/slurm less conda, which cannot run here) with profiles/slurm/partitions.yaml beside it,
+    config/nsd.yaml, an NSD tree with subjects 1, 2, 5, 7 (37 sessions) and every weights file
+    present. bench/paper_scale.py projects the paper's jobs from it too."""
     config = yaml.safe_load(NSD_CONFIG.read_text())
     write_nsd_tree(workdir / config["nsd_root"], PAPER_SUBJECTS, config["prepare"]["sessions"])
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    if profile is None:
+        profile = without_conda(yaml.safe_load((PROFILE / "config.yaml").read_text()))
     (workdir / "profile").mkdir()
-    (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(without_conda(profile), sort_keys=False))
+    (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    (workdir / "profile" / "partitions.yaml").write_text((PROFILE / "partitions.yaml").read_text())
     for path in (s for s in _strings(config) if s.startswith("resources/weights/")):
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
         (workdir / path).touch()
@@ -188,8 +207,8 @@ def paper_dry_run(workdir: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def paper_plan(tmp_path_factory):
-    """The jobs of the paper's dry run (paper_dry_run)."""
-    result = paper_dry_run(tmp_path_factory.mktemp("paper"))
+    """The jobs of the paper's dry run (paper_dry_run) through a minimal site profile."""
+    result = paper_dry_run(tmp_path_factory.mktemp("paper"), MINIMAL_SITE_PROFILE)
     assert result.returncode == 0, f"dry run of config/nsd.yaml failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     return planned_jobs(result.stdout)
 
@@ -220,6 +239,7 @@ def test_paper_dry_run_evaluates_every_ablation_of_the_paper(paper_plan):
 
 
 # Rules that run neural networks: on the cluster they must get a GPU (ridge mappers excepted).
+GENERATOR_TRAINING_RULES = {"pretrain_generator", "finetune_generator", "finetune_e2e"}
 GPU_RULES = {
     "embed_images",
     "embed_captions",
@@ -234,10 +254,43 @@ GPU_RULES = {
 }
 
 
-def test_paper_dry_run_gives_network_jobs_a_gpu(paper_plan):
-    network_jobs = [job for job in paper_plan if job["rule"] in GPU_RULES]
-    assert network_jobs, "no job of a network rule is planned"
-    for job in network_jobs:
-        wants_gpu = job["wildcards"].get("mapper") != "ridge" or job["rule"] != "train_mapper"
-        assert (int(job["resources"].get("gpu", 0)) >= 1) == wants_gpu, job
-        assert "slurm_partition" in job["resources"], job
+class PlannedJob:
+    """What the SLURM plugin's partition selection reads of a job, from a dry run's listing."""
+
+    def __init__(self, job: dict, threads: int):
+        self.name = job["rule"]
+        self.threads = threads
+        self.resources = job["resources"]
+
+
+def test_paper_dry_run_with_a_site_profile_gives_each_job_its_gpu_time_memory_and_partition(paper_plan):
+    """Through a site profile that names only the executor, an account and the partitions, each
+    cluster job of the paper asks for what the config says it needs: a GPU for every network job
+    (not ridge), time and memory for all, all of a generator job's GPUs on one node, and the
+    plugin's partition selection sends GPU jobs to the GPU partition and no other job there.
+    Catches: a rule's gpu/runtime/mem_mb resource left to a profile, ridge asking for a GPU."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    paper = yaml.safe_load(NSD_CONFIG.read_text())
+    partitions = read_partition_file(PROFILE / "partitions.yaml")
+    gpu_partitions = {p.name for p in partitions if p.limits.max_gpu > 0}
+    workflow = parse_workflow(NSD_CONFIG)
+    # (is_local() says every rule is, outside a cluster run)
+    local = {rule.name for rule in workflow.rules if rule.name in workflow._localrules or rule.norun}
+    cluster_jobs = [job for job in paper_plan if job["rule"] not in local]
+    assert {job["rule"] for job in cluster_jobs} >= GPU_RULES, "a network rule is not planned"
+    for job in cluster_jobs:
+        resources = job["resources"]
+        wants_gpu = job["rule"] in GPU_RULES and not (job["rule"] == "train_mapper" and job["wildcards"]["mapper"] == "ridge")
+        assert (int(resources.get("gpu", 0)) >= 1) == wants_gpu, job
+        assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, job
+        assert int(resources["runtime"]) <= paper["cluster"]["max_runtime"], job
+        threads = workflow.get_rule(job["rule"]).resources["_cores"].value
+        partition = get_best_partition(partitions, PlannedJob(job, threads), logging.getLogger("slurm"))
+        assert (partition in gpu_partitions) == wants_gpu, (partition, job)
+        if job["rule"] in GENERATOR_TRAINING_RULES:
+            assert resources.get("nodes") == "1", job
+    embed = next(job for job in cluster_jobs if job["rule"] == "embed_images")
+    assert int(embed["resources"]["runtime"]) == paper["clip"]["runtime"]
+    assert int(embed["resources"]["mem_mb"]) == paper["clip"]["mem_mb"]
+    assert workflow.get_rule("embed_images").resources["_cores"].value == paper["clip"]["threads"]

@@ -205,6 +205,27 @@ def test_the_workflow_reports_both_fids_when_the_fid_network_is_there(tiny_run, 
     assert "FID (paired) ↓" in md and "FID (6 generated) ↓" in md and "fid50k_full" in md
 
 
+def test_a_job_that_asks_for_a_gpu_fails_at_once_without_one_unless_the_cpu_is_asked_for(tiny_run, tmp_path):
+    """The image embedding job asking for a GPU as the paper's does (clip.gpus 1) under device
+    auto, on this machine without one: fails, naming torch's CUDA build, the driver and
+    CUDA_VISIBLE_DEVICES, and writes nothing. With device cpu the same job runs on the CPU.
+    Catches: select_device ignoring the job's gpu resource (a silent CPU fallback)."""
+    workdir = tmp_path / "run"
+    for folder in ("resources", "results/clip"):
+        shutil.copytree(tiny_run / folder, workdir / folder, symlinks=True)
+    (workdir / "results/clip/images.h5").unlink()
+    only_embedding = ("--allowed-rules=embed_images",)
+    paper_like = deep_update(CONFIG, {"device": "auto", "clip": {"gpus": 1}})
+    failed = run_snakemake(workdir, ["results/clip/images.h5"], paper_like, *only_embedding, check=False)
+    assert failed.returncode != 0
+    log = (workdir / "results/logs/clip/embed_images.log").read_text()
+    assert "the job asked for 1 GPU(s)) but no usable CUDA device is visible" in log, log[-3000:]
+    assert "is built for CUDA" in log and "CUDA_VISIBLE_DEVICES=" in log and "device: cpu" in log
+    assert not (workdir / "results/clip/images.h5").exists()
+    run_snakemake(workdir, ["results/clip/images.h5"], deep_update(paper_like, {"device": "cpu"}), *only_embedding)
+    assert (workdir / "results/clip/images.h5").is_file()
+
+
 def test_every_table_run_has_its_oracle_reconstructions_and_metrics(tiny_run):
     made = sorted(
         str(p.relative_to(tiny_run / "results/metrics"))[: -len(".json")]
@@ -330,8 +351,12 @@ def rules_whose_params_changed(dry_run: str) -> set[str]:
                 "device": "cpu",
                 "cluster": {"max_runtime": 60},
                 "mappers": {"threads": 2, "runtime": 9},
-                "generator": {"pretrain": {"runtime": 99, "mem_mb": 9000}, "reconstruct": {"batch": 3}},
-                "evaluation": {"batch_size": 5},
+                "clip": {"gpus": 1, "mem_mb": 999, "runtime": 9},
+                "generator": {
+                    "pretrain": {"runtime": 99, "mem_mb": 9000},
+                    "reconstruct": {"batch": 3, "gpus": 1, "mem_mb": 999, "runtime": 9},
+                },
+                "evaluation": {"batch_size": 5, "gpus": 1, "mem_mb": 999, "runtime": 9},
             },
             set(),
         ),

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from mindreader.checkpoint import EXIT_INTERRUPTED, TrainingInterrupted
 from mindreader.generator.stages import run
-from mindreader.runtime import select_device, setup_logging
+from mindreader.runtime import cuda_diagnosis, select_device, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 def launch(job: dict, gpus: int, device: str) -> None:
     """Run ``job`` on ``gpus`` GPUs (torchrun when > 1) or on ``device`` in this process."""
     if gpus <= 1:
-        run(job, select_device(device))
+        run(job, select_device(device, gpus))
         return
     if not torch.cuda.is_available() or torch.cuda.device_count() < gpus:
-        raise RuntimeError(f"generator.gpus = {gpus} but {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise RuntimeError(
+            f"generator.gpus = {gpus} but {torch.cuda.device_count()} CUDA device(s) are visible: "
+            f"{cuda_diagnosis()}"
+        )
     Path(job["checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=job["checkpoint_dir"], delete=False) as f:
         json.dump(job, f)
