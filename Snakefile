@@ -43,6 +43,7 @@ include: "rules/mappers.smk"
 include: "rules/generator.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/preflight.smk"
 
 
 rule all:

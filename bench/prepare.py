@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mindreader.scale.memory import peak_rss_mb
+
 VOLUME = (81, 104, 83)  # subj01's functional volume at 1.8 mm
 TRIALS = 750  # one NSD session
 ROI_VOXELS = 15724  # subj01's nsdgeneral count
@@ -125,15 +127,6 @@ def run_method(method: str, root: Path, sessions: int = 1) -> dict:
         "shape": list(shape),
         "sessions": sessions,
     }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image. VmHWM, not getrusage's ru_maxrss: the latter
-    survives exec, so a child would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def run_child(workdir: Path, method: str, root: Path, sessions: int = 1) -> dict:

@@ -651,3 +651,65 @@ def figure_targets():
 
 def figure_png(path, caption, subcategory):
     return report(path, caption=caption, category="5. Figures", subcategory=subcategory)
+
+
+# --- Preflight (rules/preflight.smk) -----------------------------------------------------------
+
+PREFLIGHT = config["preflight"]
+
+
+def planned_job(rule_name, wildcards, threads, gpus, mem_mb, runtime, training=False):
+    """A job as the preflight prices it. Its threads, what it asks on its first attempt (the
+    runtime capped at MAX_RUNTIME, as cap_runtimes caps it), and how many jobs are planned for
+    it (a training projected to run longer than MAX_RUNTIME runs as one job per chunk).
+    """
+    first = min(runtime, MAX_RUNTIME)
+    return {
+        "rule": rule_name,
+        "wildcards": wildcards,
+        "threads": threads,
+        "resources": {"gpu": gpus, "mem_mb": mem_mb, "runtime": first},
+        "attempts": math.ceil(runtime / MAX_RUNTIME) if training else 1,
+    }
+
+
+def preflight_jobs():
+    """Every heavy job the default target plans (the target functions above), each with the asks
+    its rule makes from the same config keys; the light ones (the synthetic NSD, data
+    preparation, the demo CLIP, tables, figures) are left out."""
+    clip = [CLIP["threads"], CLIP["gpus"], CLIP["mem_mb"], CLIP["runtime"]]
+    jobs = [planned_job(name, {}, *clip) for name in ("embed_images", "embed_captions")]
+    mapper = MAPPER_CFG
+    for path in mapper_targets():
+        w = dict(zip(("subject", "mapper", "loss", "target"), path.split("/")[2:6]))
+        gpus = 0 if w["mapper"] == "ridge" else mapper["gpus"]
+        asks = [mapper["threads"], gpus, mapper["mem_mb"], mapper["runtime"]]
+        jobs.append(planned_job("train_mapper", w, *asks, training=True))
+    runs = evaluation_runs()
+    generator = [GEN["threads"], GEN["gpus"]]
+    if INIT_KIND == "pretrain" and any(run["strategy"] != "scratch" for run in runs):
+        pretrain = [*generator, GEN["pretrain"]["mem_mb"], GEN["pretrain"]["runtime"]]
+        jobs.append(planned_job("pretrain_generator", {}, *pretrain, training=True))
+    finetune = [*generator, GEN["finetune"]["mem_mb"], GEN["finetune"]["runtime"]]
+    rec = GEN["reconstruct"]
+    evaluation = [EVAL["threads"], EVAL["gpus"], EVAL["mem_mb"], EVAL["runtime"]]
+    for run in runs:
+        trains = "finetune_e2e" if run["strategy"] == "e2e" else "finetune_generator"
+        jobs.append(planned_job(trains, run, *finetune, training=True))
+        reconstruct = [GEN["threads"], rec["gpus"], rec["mem_mb"], rec["runtime"]]
+        jobs.append(planned_job("reconstruct", run, *reconstruct))
+        jobs.append(planned_job("evaluate_run", run, *evaluation))
+        if generated_fid_files(run):
+            jobs.append(planned_job("fid_generated", run, *evaluation))
+        if ORACLE and generated_fid_files(run, ORACLE_SUFFIX):
+            jobs.append(planned_job("fid_generated_oracle", run, *evaluation))
+    return jobs
+
+
+def preflight_gpus():
+    """The preflight's GPU ask: 1 when any job it measures for asks for one, else 0."""
+    return int(any(job["resources"]["gpu"] > 0 for job in preflight_jobs()))
+
+
+def preflight_threads():
+    return max(job["threads"] for job in preflight_jobs())

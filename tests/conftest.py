@@ -165,8 +165,9 @@ def scratch_workdir() -> Path:
     return path
 
 
-def parse_workflow(configfile: Path):
-    """The repository's workflow as Snakemake parses it under ``configfile`` (rules, config)."""
+def parse_workflow(configfile: Path, workdir: Path | None = None):
+    """The repository's workflow as Snakemake parses it under ``configfile`` (rules, config), in
+    ``workdir`` (by default a scratch folder)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
 
@@ -176,7 +177,7 @@ def parse_workflow(configfile: Path):
             config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
             storage_settings=StorageSettings(),
             snakefile=REPO / "Snakefile",
-            workdir=scratch_workdir(),
+            workdir=workdir or scratch_workdir(),
         )
         return workflow._workflow
 
