@@ -56,7 +56,11 @@ rule all:
 cap_runtimes(workflow.rules)
 
 
+# The training rules' retries for failures, once the run's are known (mindreader.checkpoint).
 onstart:
+    # imported here, not at the top: it imports torch
+    from mindreader.checkpoint import add_failure_retries
+
     add_failure_retries(workflow.rules, workflow.execution_settings.retries)
 
 

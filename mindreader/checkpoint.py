@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mindreader.io import atomic_path, read_json, write_json
+from mindreader.names import TRAINING_RULES
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,17 @@ def record_outputs(directory: str | os.PathLike, outputs: list[str]) -> None:
 def forget_outputs(directory: str | os.PathLike) -> None:
     """Drop the record of a previous job's outputs: a job starting in this folder writes them anew."""
     (Path(directory) / OUTPUTS_FILE).unlink(missing_ok=True)
+
+
+def add_failure_retries(rules, retries: int) -> None:
+    """Add a run's ``retries`` (--retries, the profile's) to the retries of each training rule
+    among the workflow's ``rules``, which are one per further time chunk of its training (the
+    rule's ``retries:``, rules/common.smk). A rule's ``retries:`` replaces the run's, and a run's
+    settings are not known yet when its rules are defined: the Snakefile calls this when the run
+    starts (onstart; a cluster job runs no hooks, so there a crash is never retried in place)."""
+    for rule in rules:
+        if rule.name in TRAINING_RULES:
+            rule.restart_times = rule.restart_times + retries
 
 
 def remove_finished_checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -11,7 +11,7 @@ import re
 import yaml
 from snakemake.utils import validate
 
-from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, TRAINING_RULES, VARIANTS
+from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, VARIANTS
 from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
@@ -188,8 +188,8 @@ def per_attempt(value):
 def training_retries(minutes):
     """Retries of a training job projected to take `minutes`: one per further MAX_RUNTIME chunk it
     needs (the job stopped at its time limit checkpoints on SIGTERM, the retry resumes). The run's
-    own retries for failures (--retries, the profile's) come on top once they are known:
-    add_failure_retries, at the start of the run.
+    own retries for failures (--retries, the profile's) come on top once they are known, at the
+    start of the run (mindreader.checkpoint.add_failure_retries, in the Snakefile's onstart).
 
     Only the scheduling process retries: inside a cluster job (Snakemake's remote mode) a rule's
     own retries would rerun a crashed training in the same allocation, on the same node, before
@@ -198,16 +198,6 @@ def training_retries(minutes):
     if workflow.remote_exec:
         return 0
     return math.ceil(minutes / MAX_RUNTIME) - 1
-
-
-def add_failure_retries(rules, retries):
-    """Add the run's `retries` to each training rule's chunk retries. A rule's `retries:` replaces
-    the run's, and the run's settings are not yet known when the rules are defined: the Snakefile
-    calls this when the run starts (onstart; not in a cluster job, which runs no hooks).
-    """
-    for each in rules:
-        if each.name in TRAINING_RULES:
-            each.restart_times = each.restart_times + retries
 
 
 def capped_runtime(asked):
