@@ -151,10 +151,35 @@ def evaluate_run(
     if ground_truth.shape[0] != rec.shape[0]:
         raise ValueError(f"{reconstructions}: {rec.shape[0]} reconstructions but {ground_truth.shape[0]} ground-truth images")
     if source == "oracle":
-        targets = {m.feature.split(":")[0] for m in METRICS if m.kind == "retrieval"}
-        predictions = {target: ORACLE_RETRIEVAL for target in targets}
+        predictions = retrieval_not_applicable(ORACLE_RETRIEVAL)
     else:
         predictions = read_predictions(prediction_files)
+    reconstruction = {"resolution": int(rec.shape[1]), **attrs}
+    return evaluate_reconstructions(
+        rec, nsd_id, ground_truth, predictions, sources, unavailable, cfg, device, generated_fid, source, reconstruction
+    )
+
+
+def retrieval_not_applicable(reason: str) -> dict[str, str]:
+    """The predictions argument of `evaluate_reconstructions` that reports every retrieval metric
+    missing with ``reason``."""
+    return {m.feature.split(":")[0]: reason for m in METRICS if m.kind == "retrieval"}
+
+
+def evaluate_reconstructions(
+    rec: np.ndarray,  # (N, H, W, 3) uint8 or float in [0, 1]
+    nsd_id: np.ndarray,  # (N,) the nsdId of each row
+    ground_truth: np.ndarray,  # uint8 (N, H, W, 3) test images in the same order
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray] | str],  # target -> (pred, true) or why missing
+    sources: Mapping[str, FeatureSource],
+    unavailable: Mapping[str, str],
+    cfg: BatteryConfig,
+    device: torch.device,
+    generated_fid: Mapping[str, Any],  # the fid_generated entry
+    source: str,  # what the reconstructions are drawn from (the JSON's "source")
+    reconstruction: Mapping[str, Any],  # the JSON's "reconstruction" (resolution, the file's attrs)
+) -> tuple[dict, pd.DataFrame]:
+    """`evaluate_run` on images in memory: the metrics (value, ci95 or missing) and a per-image table."""
     results = evaluate_images(ground_truth, rec, sources, unavailable, predictions, cfg, device)
     results[FID_PROTOCOLS["generated"]] = dict(generated_fid)
     per_image = pd.DataFrame({"nsd_id": nsd_id})
@@ -164,7 +189,7 @@ def evaluate_run(
     summary = {
         "source": source,
         "n_images": int(rec.shape[0]),
-        "reconstruction": {"resolution": int(rec.shape[1]), **attrs},
+        "reconstruction": dict(reconstruction),
         "metrics": results,
         "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": "percentile, 95 %"},
         "image_side": cfg.image_side,

@@ -56,6 +56,11 @@ class Design:
     def n_trials_total(self) -> int:
         return len(self.masterordering)
 
+    @property
+    def n_sessions(self) -> int:
+        """Whole sessions that masterordering covers (NSD: 40)."""
+        return self.n_trials_total // self.trials_per_session
+
 
 class NSD:
     """An NSD tree in the real layout, read lazily; every size comes from the files."""
@@ -142,6 +147,13 @@ class NSD:
                 "shared": np.isin(nsd_id, design.sharedix),
             }
         )
+
+    def shared_images(self, subject: str | int, sessions: int | None = None) -> np.ndarray:
+        """The shared nsdIds that ``subject`` saw in sessions 1..``sessions`` (default: every
+        session of the design), unique, in the order of their first appearance (Brain-Diffuser's
+        and Takagi & Nishimoto's test order)."""
+        trials = self.subject_trials(subject, self.design.n_sessions if sessions is None else sessions)
+        return pd.unique(trials.loc[trials["shared"], "nsd_id"].to_numpy()).astype(np.int64)
 
     def subject_images(self, subject: str | int, sessions: int) -> np.ndarray:
         """Sorted unique int64 nsdIds that ``subject`` saw in sessions 1..``sessions``."""
