@@ -263,8 +263,8 @@ def test_training_longer_than_the_time_limit_resumes_across_jobs_to_the_same_wei
     assert not differing, f"the training resumed across jobs differs from the uninterrupted one in {differing}"
 
 
-# Runs in every Python process started with its folder on PYTHONPATH; acts only in the cap
-# mapper's training script (Snakemake runs it as .snakemake/scripts/tmp*.train_mapper.py), once:
+# Runs in every Python process started with its folder on PYTHONPATH; acts only in a mapper's
+# training script (Snakemake runs it as .snakemake/scripts/tmp*.train_mapper.py), once:
 # when the training has written its first checkpoint, the process dies as on a crash (no
 # handler runs), leaving the job id that crashed in the marker file.
 CRASH_ONCE = """
@@ -291,8 +291,9 @@ def test_a_crashed_training_is_retried_as_a_new_slurm_job_that_resumes(upstream,
     (Snakemake then reruns the script in the same allocation: one job, which ran it twice), and
     the run's --retries not added to a training rule's (then nothing retries the crash)."""
     workdir, _ = upstream
-    run = MAPPER_RUN.replace("/", os.sep)
-    checkpoint_state = workdir / "results/checkpoints/mappers" / run / "cap" / STATE_FILE
+    # another mapper of the image targets the chain has made (the time-limit test's is done)
+    crashing = "subj01/cnn/mse_cos/img"
+    checkpoint_state = workdir / "results/checkpoints/mappers" / crashing / STATE_FILE
     marker = tmp_path / "crashed"
     (tmp_path / "sitecustomize.py").write_text(CRASH_ONCE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
@@ -304,9 +305,8 @@ def test_a_crashed_training_is_retried_as_a_new_slurm_job_that_resumes(upstream,
     config = deep_update(tiny_config(**TINY), {"cluster": {"max_runtime": 10},
                                                "mappers": {"runtime": 30, "train": {"epochs": 40}}})
     before = {job["id"] for job in slurm_jobs()}
-    run_snakemake(workdir, [f"results/mappers/{MAPPER_RUN}/cap/metrics.json"], config, "--retries", "1",
+    run_snakemake(workdir, [f"results/mappers/{crashing}/metrics.json"], config, "--retries", "1",
                   "--profile", str(TEST_PROFILE))
-    # (the caption targets' job first: the upstream fixture made the image targets only)
     jobs = sorted((job for job in slurm_jobs() if job["id"] not in before and job["rule"] == "train_mapper"),
                   key=lambda job: int(job["id"]))
     logs = job_logs(workdir, jobs)
@@ -316,4 +316,4 @@ def test_a_crashed_training_is_retried_as_a_new_slurm_job_that_resumes(upstream,
     assert logs[0].count("training samples") == 1, "the first job ran the training more than once"
     resumed = resumed_steps(logs[1])
     assert len(resumed) == 1 and resumed[0] > 0, tails(logs)
-    assert (workdir / f"results/mappers/{MAPPER_RUN}/cap/model.safetensors").is_file()
+    assert (workdir / f"results/mappers/{crashing}/model.safetensors").is_file()
