@@ -696,10 +696,8 @@ def preflight_jobs():
     return jobs
 
 
-def preflight_gpus():
-    """The preflight's GPU ask: 1 when any job it measures for asks for one, else 0."""
-    return int(any(job["resources"]["gpu"] > 0 for job in preflight_jobs()))
-
-
-def preflight_threads():
-    return max(job["threads"] for job in preflight_jobs())
+# Built once: the rule's params, its GPU ask (1 when any job it measures for asks for one, else
+# 0) and its threads (the most any of them asks for) all read it.
+PREFLIGHT_JOBS = preflight_jobs()
+PREFLIGHT_GPUS = int(any(job["resources"]["gpu"] > 0 for job in PREFLIGHT_JOBS))
+PREFLIGHT_THREADS = max(job["threads"] for job in PREFLIGHT_JOBS)

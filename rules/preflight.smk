@@ -22,14 +22,14 @@ rule preflight:
         "results/benchmarks/preflight.tsv"
     conda:
         "../envs/metrics.yaml"
-    threads: preflight_threads()
+    threads: PREFLIGHT_THREADS
     resources:
-        gpu=preflight_gpus(),
+        gpu=PREFLIGHT_GPUS,
         mem_mb=per_attempt(PREFLIGHT["mem_mb"]),
         runtime=per_attempt(PREFLIGHT["runtime"]),
     params:
         config=config_param(*config),
-        jobs=preflight_jobs(),
+        jobs=PREFLIGHT_JOBS,
         weights=configured_weights(config),
         # at planning time; a file fetched since changes it, and so reruns the preflight
         missing_weights=missing_weights_message(config),
