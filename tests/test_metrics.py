@@ -11,7 +11,7 @@ from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
 from mindreader import metrics
-from mindreader.evaluation.bootstrap import mean_ci, percentile_ci, ratio_ci, resamples, statistic_ci
+from mindreader.evaluation.bootstrap import half_sample_ci, half_samples, mean_ci, percentile_ci, ratio_ci, resamples
 from mindreader.evaluation.fid_reference import pytorch_fid_frechet_distance
 
 
@@ -263,9 +263,49 @@ def test_bootstrap_cis_are_percentiles_of_the_statistic_over_resampled_images():
     ratio = ratio_ci(hits, seen, 400, seed=5)
     assert ratio["value"] == pytest.approx(hits.sum() / seen.sum())
     assert ratio["ci95"] == pytest.approx(np.percentile(hits[idx].sum(axis=1) / seen[idx].sum(axis=1), [2.5, 97.5]))
-    median = statistic_ci(lambda i: np.median(scores[i]), 30, 400, seed=5)
+
+
+def test_half_sample_cis_are_the_halves_percentiles_centred_on_the_value():
+    scores = np.random.default_rng(13).random(31)
+    halves = half_samples(31, 300, seed=5)
+    assert halves.shape == (300, 15) and all(len(set(h)) == 15 for h in halves)  # without replacement
+    median = half_sample_ci(lambda i: np.median(scores[i]), 31, 300, seed=5)
+    replicates = np.array([np.median(scores[h]) for h in halves])
     assert median["value"] == pytest.approx(np.median(scores))
-    assert median["ci95"] == pytest.approx(np.percentile([np.median(scores[i]) for i in idx], [2.5, 97.5]))
+    expected = np.median(scores) + np.percentile(replicates - replicates.mean(), [2.5, 97.5])
+    assert median["ci95"] == pytest.approx(expected)
+    # a mean's half-sampling interval has the width of the N-image mean's (s^2 (1/m - 1/N) = s^2/N)
+    many = np.random.default_rng(3).normal(size=400)
+    lo, hi = half_sample_ci(lambda i: many[i].mean(), 400, 2000, seed=1)["ci95"]
+    assert hi - lo == pytest.approx(2 * 1.96 * many.std() / np.sqrt(400), rel=0.1)
+
+
+def test_a_frechet_distances_interval_contains_its_value_and_the_n_image_expectation():
+    # Paired features from one distribution, 40 images in 24 dimensions: the Frechet distance of N
+    # images is dominated by its finite-sample bias. The percentile bootstrap's resamples duplicate
+    # images and inflate it further: its interval lies wholly above the value (the failure this
+    # replaces). The half-sampling interval holds the value, and the N-image distance's mean over
+    # fresh draws of the test set in most trials.
+    rng = np.random.default_rng(0)
+    n, dim = 40, 24
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+
+    def draw():
+        x = rng.normal(size=(n, dim))
+        return x, 0.5 * x @ mixing + rng.normal(size=(n, dim))
+
+    values, half, percentile = [], [], []
+    for _ in range(16):
+        x, y = draw()
+        fd = lambda i: metrics.frechet_distance_features(x[i], y[i])  # noqa: E731
+        values.append(fd(np.arange(n)))
+        half.append(half_sample_ci(fd, n, 100, seed=1)["ci95"])
+        percentile.append(percentile_ci([fd(i) for i in resamples(n, 100, seed=1)]))
+    values, half, percentile = np.array(values), np.array(half), np.array(percentile)
+    expectation = np.mean([metrics.frechet_distance_features(*draw()) for _ in range(100)])
+    assert (percentile[:, 0] > values).all()
+    assert ((half[:, 0] <= values) & (values <= half[:, 1])).all()
+    assert ((half[:, 0] <= expectation) & (expectation <= half[:, 1])).mean() >= 0.8
 
 
 def test_a_ratio_over_no_appearances_is_zero():

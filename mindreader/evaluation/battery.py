@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mindreader import metrics
-from mindreader.evaluation.bootstrap import mean_ci, ratio_ci, statistic_ci
+from mindreader.evaluation.bootstrap import half_sample_ci, mean_ci, ratio_ci
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ FeatureSource = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 @dataclass(frozen=True)
 class BatteryConfig:
     n_boot: int  # bootstrap resamples for the per-image metrics
-    n_boot_fd: int  # bootstrap resamples for the Frechet distances (each a full FD)
+    n_boot_fd: int  # half-samples for the Frechet distances' intervals (each a full FD)
     batch_size: int  # images per batch through a network
     image_side: int  # side of the pixel comparison (PixCorr, SSIM); networks resize to their own
     retrieval_pool: int  # images per retrieval pool
@@ -135,7 +135,7 @@ def evaluate_images(
             continue
         a, b = gt_feats[metric.feature], rec_feats[metric.feature]
         if metric.kind == "frechet":
-            results[metric.key] = statistic_ci(
+            results[metric.key] = half_sample_ci(
                 lambda idx: metrics.frechet_distance_features(a[idx], b[idx]), n, cfg.n_boot_fd, cfg.seed
             )
             continue

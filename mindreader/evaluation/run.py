@@ -21,6 +21,7 @@ from mindreader.evaluation.battery import (
     evaluate_images,
     not_requested,
 )
+from mindreader.evaluation.bootstrap import CI_METHODS
 from mindreader.evaluation.networks import FID_NETWORK, SPECS, load_network
 from mindreader.io import atomic_path, read_json, write_json
 from mindreader.names import RECONSTRUCTION_SOURCES
@@ -191,7 +192,7 @@ def evaluate_reconstructions(
         "n_images": int(rec.shape[0]),
         "reconstruction": dict(reconstruction),
         "metrics": results,
-        "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": "percentile, 95 %"},
+        "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": CI_METHODS},
         "image_side": cfg.image_side,
         "fid_protocols": list(cfg.fid_protocols),
         "directions": {m.key: ("higher" if m.higher_is_better else "lower") + " is better" for m in METRICS},

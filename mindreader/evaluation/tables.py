@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from mindreader.evaluation.battery import METRIC_BY_KEY, Metric
+from mindreader.evaluation.bootstrap import CI_METHODS
 from mindreader.io import atomic_path
 from mindreader.names import ABLATION_TABLES, RECONSTRUCTION_SOURCES, get_variant
 
@@ -72,7 +73,7 @@ def data_note(data: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -
         f"{source}, sessions 1-{data.get('sessions')}, split {data.get('split')}, "
         f"test repeats {data.get('test_repeats')}, {images} test images, generator z {'/'.join(z) or '?'}, "
         f"generator init {data.get('generator_init', '?')}; "
-        "CIs: 95 % bootstrap over test images"
+        f"CIs: 95 % over test images, {CI_METHODS}"
     )
 
 

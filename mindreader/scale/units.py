@@ -386,10 +386,10 @@ def eval_network_batch(config: Mapping[str, Any], name: str, n: int, device: tor
 
 
 def eval_statistics(config: Mapping[str, Any]):
-    """(work, CPU seconds of its parts once it ran): one bootstrap resample of each Frechet distance
-    at the test set's size (FID's and the CLIP metrics' dimensions), and PixCorr + SSIM of 8 image
-    pairs (the job does bootstrap_fd + 1 of the former per FD metric, and one of the latter per test
-    image)."""
+    """(work, CPU seconds of its parts once it ran): one Frechet distance of each kind at the
+    test set's size (FID's and the CLIP metrics' dimensions), and PixCorr + SSIM of 8 image pairs
+    (the job does bootstrap_fd + 1 of the former per FD metric, its half-samples on N/2 images, and
+    one of the latter per test image)."""
     from mindreader import metrics
 
     sizes = data_sizes(config)
