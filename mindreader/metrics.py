@@ -15,6 +15,8 @@ the field does (NSD's stimulus size), resizing bilinearly when they are not.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import scipy.linalg
 import scipy.ndimage
@@ -147,13 +149,16 @@ def correlation_distance_per_image(gt_feats: np.ndarray, pred_feats: np.ndarray)
 # --- Pixel metrics ----------------------------------------------------------------------------
 
 
-def pixcorr_per_image(gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE) -> np.ndarray:
-    """Pearson r between the flattened RGB pixels of each pair, both at side x side."""
+def pixcorr_per_image(
+    gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE, via: Sequence[int] = ()
+) -> np.ndarray:
+    """Pearson r between the flattened RGB pixels of each pair, both at side x side (resized
+    through the sides ``via`` first, if any)."""
     _check_pairs(gt, rec)
     scores = []
     for start in range(0, len(gt), PIXEL_CHUNK):
-        a = resize_images(gt[start : start + PIXEL_CHUNK], side).reshape(-1, side * side * 3)
-        b = resize_images(rec[start : start + PIXEL_CHUNK], side).reshape(-1, side * side * 3)
+        a = resize_images(gt[start : start + PIXEL_CHUNK], side, via).reshape(-1, side * side * 3)
+        b = resize_images(rec[start : start + PIXEL_CHUNK], side, via).reshape(-1, side * side * 3)
         # float32 pixels, float64 sums: exact enough (~1e-7) and half the memory traffic
         a -= a.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
         b -= b.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -168,8 +173,8 @@ def pixcorr(gt: np.ndarray, rec: np.ndarray) -> float:
     return float(pixcorr_per_image(gt, rec).mean())
 
 
-def ssim_per_image(gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE) -> np.ndarray:
-    """True 2-D SSIM of the grayscale images at side x side: Gaussian weights (sigma 1.5),
+def ssim_per_image(gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE, via: Sequence[int] = ()) -> np.ndarray:
+    """True 2-D SSIM of the grayscale images at side x side (through the sides ``via``, if any): Gaussian weights (sigma 1.5),
     population covariance, data range 1, mean over the map without its 5-pixel border (the
     definition of scikit-image >= 0.19 with gaussian_weights=True, use_sample_covariance=False)."""
     _check_pairs(gt, rec)
@@ -183,8 +188,8 @@ def ssim_per_image(gt: np.ndarray, rec: np.ndarray, side: int = EVAL_SIDE) -> np
 
     scores = []
     for start in range(0, len(gt), PIXEL_CHUNK):
-        x = resize_images(gt[start : start + PIXEL_CHUNK], side).astype(np.float64) @ GRAY_WEIGHTS
-        y = resize_images(rec[start : start + PIXEL_CHUNK], side).astype(np.float64) @ GRAY_WEIGHTS
+        x = resize_images(gt[start : start + PIXEL_CHUNK], side, via).astype(np.float64) @ GRAY_WEIGHTS
+        y = resize_images(rec[start : start + PIXEL_CHUNK], side, via).astype(np.float64) @ GRAY_WEIGHTS
         ux, uy = smooth(x), smooth(y)
         vx, vy, vxy = smooth(x * x) - ux * ux, smooth(y * y) - uy * uy, smooth(x * y) - ux * uy
         ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
@@ -205,15 +210,17 @@ def unit_float_images(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
 
-def resize_images(images: np.ndarray, side: int) -> np.ndarray:
+def resize_images(images: np.ndarray, side: int, via: Sequence[int] = ()) -> np.ndarray:
     """(N, H, W, 3) uint8 or float in [0, 1] -> float32 (N, side, side, 3) in [0, 1], bilinear
-    with antialiasing (a no-op when the images already have that size)."""
+    with antialiasing, through each side of ``via`` in turn first (MindEye's evaluation: via
+    256); each step is a no-op when the images already have its size."""
     x = unit_float_images(images)
-    if x.shape[1:3] == (side, side):
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
-    t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-    return t.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
+    for step in (*via, side):
+        if x.shape[1:3] != (step, step):
+            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+            t = F.interpolate(t, size=(step, step), mode="bilinear", align_corners=False, antialias=True)
+            x = t.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
+    return x
 
 
 # --- Embedding retrieval -----------------------------------------------------------------------

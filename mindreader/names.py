@@ -5,12 +5,14 @@ invocation, and every cluster job, parses the rules: importing torch there cost 
 - ``MAPPER_OUTPUT_FILES``: the files of one trained mapper's folder.
 - ``ABLATION_TABLES`` / ``TABLE_NAMES``: the paper's tables.
 - ``RECONSTRUCTION_SOURCES`` / ``ORACLE_SUFFIX``: what a run's reconstructions are drawn from.
+- ``RUN_KEYS`` / ``run_key`` / ``EXTERNAL_PREFIX``: how a run, and another method's row, is named.
 - ``SCENE_STAGES`` / ``NO_MAPPER``: the sources (stages) of the information table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ TABLE_NAMES = tuple(name for name, _, _ in ABLATION_TABLES) + ("comparison",)
 # G_ema, z and seed); the oracle's files carry this suffix after the strategy.
 RECONSTRUCTION_SOURCES = ("brain", "oracle")
 ORACLE_SUFFIX = "_oracle"
+RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
+# Other methods' reconstructions (evaluation.external) are rows named with this prefix.
+EXTERNAL_PREFIX = "external:"
+
+
+def run_key(run: Mapping[str, str], source: str) -> str:
+    """'subj01/cnn/mse_cos_contrastive/img+cap/finetune' (+ ORACLE_SUFFIX for the oracle): a row of
+    results/metrics/comparison.json, as the run's metrics file is named."""
+    return "/".join(run[k] for k in RUN_KEYS) + (ORACLE_SUFFIX if source == "oracle" else "")
+
 # The workflow's rules whose jobs resume from a checkpoint, and so may run as several jobs.
 TRAINING_RULES = ("train_mapper", "pretrain_generator", "finetune_generator", "finetune_e2e")
 

@@ -23,7 +23,13 @@ import yaml
 
 from mindreader.evaluation.battery import FID_PROTOCOLS, METRICS, not_requested
 from mindreader.evaluation.bootstrap import mean_ci
-from mindreader.evaluation.external import BRAIN_DIFFUSER_SESSIONS, FIELD_SIDE, FORMATS, read_external
+from mindreader.evaluation.external import (
+    BRAIN_DIFFUSER_SESSIONS,
+    EXTERNAL_RETRIEVAL,
+    FIELD_SIDE,
+    FORMATS,
+    read_external,
+)
 from mindreader.evaluation.networks import SPECS
 from mindreader.evaluation.run import (
     battery_config,
@@ -39,7 +45,6 @@ from mindreader.runtime import select_device, setup_logging
 log = logging.getLogger("mindreader.score")
 
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-EXTERNAL_RETRIEVAL = "no predicted embeddings for external reconstructions"
 EXTERNAL_FID_GENERATED = (
     "not applicable to external reconstructions: the generated-sample FID draws new samples from the run's generator"
 )
@@ -64,11 +69,12 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
-def resize_policy(image_side: int) -> dict:
+def resize_policy(image_side: int, via: Sequence[int] = ()) -> dict:
     """How each image reaches each metric (mindreader.evaluation.battery): once, straight from its
-    own size."""
+    own size (PixCorr and SSIM: through the sides ``via`` first, if any)."""
+    steps = " then ".join(f"{side} px" for side in (*via, image_side))
     return {
-        "pixels": f"PixCorr and SSIM: both images resized once to {image_side} px (bilinear, antialiased)",
+        "pixels": f"PixCorr and SSIM: both images resized {'once ' if not via else ''}to {steps} (bilinear, antialiased)",
         "networks": {
             **{name: f"resized once to {spec.side} px (bilinear, antialiased)" for name, spec in SPECS.items()},
             "inception_fid": "pytorch-fid's own resize to 299 px",
@@ -90,12 +96,13 @@ def score(
     sessions: int | None = None,
     selection: str | None = None,
     device: str | None = None,
+    gpus: int | None = None,  # GPUs the job asked for (default: the config's evaluation.gpus)
 ) -> Path:
     """Score reconstructions; write OUT/metrics.json and OUT/per_image.csv; return OUT."""
     nsd = NSD(nsd_root or config["nsd_root"])
     external = read_external(images, fmt, nsd, subject, ids, sessions)  # every check, before any network
     ground_truth = nsd.read_images(external.nsd_id)
-    torch_device = select_device(device or config["device"], config["evaluation"]["gpus"])
+    torch_device = select_device(device or config["device"], config["evaluation"]["gpus"] if gpus is None else gpus)
     cfg = battery_config(config["evaluation"], config["seed"])
     sources, unavailable, networks = load_sources(config["evaluation"], config["clip"], torch_device)
     generated = {"missing": EXTERNAL_FID_GENERATED if "generated" in cfg.fid_protocols else not_requested("generated")}
@@ -127,7 +134,7 @@ def score(
         name=name or Path(images).stem,
         subject=subject,
         external={**external.source, "selection": selection},
-        resize_policy=resize_policy(cfg.image_side),
+        resize_policy=resize_policy(cfg.image_side, cfg.pixel_resize_via),
         networks=networks,
         samples={"n": len(runs), "scored": "sample 0"},
     )
@@ -175,6 +182,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="name of the method (default: the file or folder name)")
     parser.add_argument("--out", required=True, help="folder for metrics.json and per_image.csv")
     parser.add_argument("--device", help="cpu, cuda, auto (default: the config's device)")
+    parser.add_argument(
+        "--pixel-resize-via",
+        type=int,
+        nargs="*",
+        metavar="SIDE",
+        help="sides PixCorr/SSIM's images pass through before evaluation.image_side (default: the config's "
+        "evaluation.pixel_resize_via; 256: MindEye's evaluation; none given: once, straight)",
+    )
     return parser.parse_args(argv)
 
 
@@ -183,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         config = load_config(args.configfile)
+        if args.pixel_resize_via is not None:
+            config["evaluation"]["pixel_resize_via"] = args.pixel_resize_via
         out = score(
             args.images,
             args.fmt,

@@ -11,7 +11,14 @@ import re
 import yaml
 from snakemake.utils import validate
 
-from mindreader.names import ORACLE_SUFFIX, TABLE_NAMES, VARIANTS
+from mindreader.names import (
+    EXTERNAL_PREFIX,
+    ORACLE_SUFFIX,
+    RUN_KEYS,
+    TABLE_NAMES,
+    VARIANTS,
+    run_key,
+)
 from mindreader.nsd.paths import (
     CAPTION_SPLITS,
     EXPDESIGN_RELPATH,
@@ -140,7 +147,6 @@ def get_final_output():
 
 # --- Runs: one reconstruction per (subject, mapper, loss, variant, strategy) -------------------
 
-RUN_KEYS = ("subject", "mapper", "loss", "variant", "strategy")
 AXES = {
     "variant": "variants",
     "strategy": "strategies",
@@ -461,13 +467,18 @@ def metrics_files(suffix=""):
 
 
 def evaluation_predictions(w):
+    """Predicted test embeddings per mapper target of the run of wildcards ``w``."""
+    return run_prediction_files(dict(w.items()))
+
+
+def run_prediction_files(run):
     """Predicted test embeddings per mapper target: the frozen mappers' pred_test.h5, or the
     end-to-end run's own (one file holding every condition it trained)."""
-    if w.strategy == "e2e":
-        folder = run_path("results/generator", "", dict(w.items()))
+    if run["strategy"] == "e2e":
+        folder = run_path("results/generator", "", run)
         return {"e2e": os.path.join(folder, "e2e_pred_test.h5")}
     return {
-        t: f"results/mappers/{w.subject}/{w.mapper}/{w.loss}/{t}/pred_test.h5"
+        t: os.path.join(MAPPER_DIR.format(**run, target=t), "pred_test.h5")
         for t in ("img", "cap")
     }
 
@@ -639,6 +650,54 @@ def figure_targets():
     )
 
 
+# --- Other methods' rows (evaluation.external) -----------------------------------------------
+
+EXTERNAL = EVAL["external"]
+EXTERNAL_DIR = "results/metrics/external/{name}"
+COMPARISON_METRICS = "results/metrics/comparison.json"
+
+
+def external_files(name):
+    """Another method's reconstructions (file or folder), and its nsd id sidecar if any."""
+    entry = EXTERNAL[name]
+    return [entry["path"], *([entry["ids"]] if entry.get("ids") else [])]
+
+
+def comparison_rows():
+    """The measured rows that comparison_metrics scores on the test images every row has, the
+    comparison table's runs (each mapper's main setting on every subject) and the metric
+    bars' (the figure subject's conditioning variants), brain then (evaluation.oracle) oracle;
+    each with its metrics, per-image CSV, reconstructions and (brain) predicted embeddings.
+    """
+    runs = [
+        main_run(s, mapper=m) for s in SUBJECTS for m in config["ablations"]["mappers"]
+    ]
+    runs += [
+        main_run(FIGURE_SUBJECT, variant=v) for v in config["ablations"]["variants"]
+    ]
+    sources = [("brain", "")] + ([("oracle", ORACLE_SUFFIX)] if ORACLE else [])
+    rows = {}
+    for run in runs:
+        for source, suffix in sources:
+            rows[run_key(run, source)] = {
+                "key": run_key(run, source),
+                "metrics": run_path("results/metrics", f"{suffix}.json", run),
+                "per_image": run_path(
+                    "results/metrics", f"{suffix}.per_image.csv", run
+                ),
+                "reconstructions": run_path(
+                    "results/reconstructions", f"{suffix}.h5", run
+                ),
+                "predictions": run_prediction_files(run) if source == "brain" else None,
+            }
+    return list(rows.values())
+
+
+def comparison_metrics_files():
+    """The comparison table's and metric bars' rows on common images: only with external rows."""
+    return [COMPARISON_METRICS] if EXTERNAL else []
+
+
 def figure_png(path, caption, subcategory):
     return report(path, caption=caption, category="5. Figures", subcategory=subcategory)
 
@@ -693,6 +752,13 @@ def preflight_jobs():
             jobs.append(planned_job("fid_generated", run, *evaluation))
         if ORACLE and generated_fid_files(run, ORACLE_SUFFIX):
             jobs.append(planned_job("fid_generated_oracle", run, *evaluation))
+    for name in sorted(EXTERNAL):
+        jobs.append(planned_job("score_external", {"name": name}, *evaluation))
+    if EXTERNAL:
+        # priced as if every row were scored again on the common images (the most it does)
+        job = planned_job("comparison_metrics", {}, *evaluation)
+        job["scored_sets"] = len(comparison_rows()) + len(EXTERNAL)
+        jobs.append(job)
     return jobs
 
 

@@ -53,7 +53,11 @@ rule evaluate_run:
             "evaluation",
             "clip",
             "seed",
-            without=["evaluation.figure_images", *CLIP_TARGET_KEYS],
+            without=[
+                "evaluation.figure_images",
+                "evaluation.external",
+                *CLIP_TARGET_KEYS,
+            ],
         ),
         predictions=evaluation_predictions,
         weights_present=weights_present(),
@@ -85,7 +89,7 @@ rule fid_generated:
         mem_mb=per_attempt(EVAL["mem_mb"]),
         runtime=per_attempt(EVAL["runtime"]),
     params:
-        config=config_param("evaluation", "seed"),
+        config=config_param("evaluation", "seed", without=["evaluation.external"]),
         true_targets=None,
     script:
         "../scripts/fid_generated.py"
@@ -105,8 +109,100 @@ use rule fid_generated as fid_generated_oracle with:
     benchmark:
         f"results/benchmarks/evaluate/{RUN_WILDCARDS}{ORACLE_SUFFIX}.fid_generated.tsv"
     params:
-        config=config_param("evaluation", "seed"),
+        config=config_param("evaluation", "seed", without=["evaluation.external"]),
         true_targets=oracle_targets,
+
+
+# Another method's reconstructions (evaluation.external NAME) scored by the battery on its own
+# images, as `python -m mindreader.score` scores them.
+rule score_external:
+    input:
+        images=lambda w: external_files(w.name),
+        nsd=nsd_inputs(STIMULI_RELPATH),
+        clip=evaluation_clip_files(),
+    output:
+        json=f"{EXTERNAL_DIR}/metrics.json",
+        per_image=f"{EXTERNAL_DIR}/per_image.csv",
+    log:
+        "results/logs/evaluate/external/{name}.log",
+    benchmark:
+        "results/benchmarks/evaluate/external/{name}.tsv"
+    wildcard_constraints:
+        name="[^/]+",
+    conda:
+        "../envs/metrics.yaml"
+    threads: EVAL["threads"]
+    resources:
+        gpu=EVAL["gpus"],
+        mem_mb=per_attempt(EVAL["mem_mb"]),
+        runtime=per_attempt(EVAL["runtime"]),
+    params:
+        entry=lambda w: EXTERNAL[w.name],
+        config=config_param(
+            "evaluation",
+            "clip",
+            "seed",
+            without=[
+                "evaluation.figure_images",
+                "evaluation.external",
+                *CLIP_TARGET_KEYS,
+            ],
+        ),
+        weights_present=weights_present(),
+    script:
+        "../scripts/score_external.py"
+
+
+# Every measured row of the comparison table and the metric bars, and each external row, on the
+# test images that every row has (a row whose own images are those keeps its metrics).
+rule comparison_metrics:
+    input:
+        metrics=[row["metrics"] for row in comparison_rows()],
+        per_image=[row["per_image"] for row in comparison_rows()],
+        reconstructions=[row["reconstructions"] for row in comparison_rows()],
+        predictions=sorted(
+            {
+                p
+                for row in comparison_rows()
+                for p in (row["predictions"] or {}).values()
+            }
+        ),
+        external=expand(f"{EXTERNAL_DIR}/metrics.json", name=sorted(EXTERNAL)),
+        external_files=[p for name in sorted(EXTERNAL) for p in external_files(name)],
+        nsd=nsd_inputs(STIMULI_RELPATH),
+        clip=evaluation_clip_files(),
+    output:
+        COMPARISON_METRICS,
+    log:
+        "results/logs/evaluate/comparison_metrics.log",
+    benchmark:
+        "results/benchmarks/evaluate/comparison_metrics.tsv"
+    conda:
+        "../envs/metrics.yaml"
+    threads: EVAL["threads"]
+    resources:
+        gpu=EVAL["gpus"],
+        mem_mb=per_attempt(EVAL["mem_mb"]),
+        runtime=per_attempt(EVAL["runtime"]),
+    params:
+        rows=comparison_rows(),
+        external={
+            name: {**EXTERNAL[name], "folder": EXTERNAL_DIR.format(name=name)}
+            for name in sorted(EXTERNAL)
+        },
+        config=config_param(
+            "evaluation",
+            "clip",
+            "seed",
+            without=[
+                "evaluation.figure_images",
+                "evaluation.external",
+                *CLIP_TARGET_KEYS,
+            ],
+        ),
+        weights_present=weights_present(),
+    script:
+        "../scripts/comparison_metrics.py"
 
 
 # Cheap CPU job: runs on the submitting host, no cluster job (hence no benchmark).
@@ -118,6 +214,7 @@ rule make_tables:
     input:
         metrics=metrics_files(),
         oracle_metrics=metrics_files(ORACLE_SUFFIX) if ORACLE else [],
+        comparison=comparison_metrics_files(),
     output:
         **{
             f"{name}_{ext}": (
@@ -133,6 +230,18 @@ rule make_tables:
             for name in TABLE_NAMES
             for ext in ("csv", "md", "tex")
         },
+        **(
+            {
+                "external_sources": report(
+                    "results/tables/external_sources.csv",
+                    caption="report/external_sources.rst",
+                    category="4. Tables",
+                    subcategory="comparison",
+                )
+            }
+            if EXTERNAL
+            else {}
+        ),
     log:
         "results/logs/make_tables.log",
     conda:

@@ -126,6 +126,7 @@ rule metric_bars:
             run_path("results/metrics", ".json", main_run(FIGURE_SUBJECT, variant=v))
             for v in config["ablations"]["variants"]
         ],
+        comparison=comparison_metrics_files(),
     output:
         pdf="results/figures/metrics_conditioning.pdf",
         png=figure_png(
@@ -139,8 +140,18 @@ rule metric_bars:
         "../envs/plots.yaml"
     params:
         labels=config["ablations"]["variants"],
-        title=f"{FIGURE_SUBJECT}: metrics per conditioning variant, 95 % bootstrap CIs "
-        f"(mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
+        row_keys=[
+            run_key(main_run(FIGURE_SUBJECT, variant=v), "brain")
+            for v in config["ablations"]["variants"]
+        ],
+        external=[
+            EXTERNAL_PREFIX + name
+            for name in sorted(EXTERNAL)
+            if EXTERNAL[name]["subject"] == FIGURE_SUBJECT
+        ],
+        title=f"{FIGURE_SUBJECT}: metrics per conditioning variant"
+        + (" and other methods" if EXTERNAL else "")
+        + f", 95 % CIs (mapper {MAIN['mapper']}, loss {MAIN['loss']}, strategy {MAIN['strategy']})",
     script:
         "../scripts/plot_metric_bars.py"
 

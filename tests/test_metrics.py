@@ -319,3 +319,14 @@ def test_scipy_sqrtm_is_left_unpatched_by_the_reference():
     before = scipy.linalg.sqrtm
     pytorch_fid_frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2) * 2)
     assert scipy.linalg.sqrtm is before
+
+
+def test_pixel_metrics_resize_through_the_via_sides_in_turn():
+    # evaluation.pixel_resize_via [48]: both images to 48 px, then to the comparison side; not the
+    # same numbers as one straight resize (caught: via ignored).
+    rng = np.random.default_rng(4)
+    gt, rec = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for per_image in (metrics.pixcorr_per_image, metrics.ssim_per_image):
+        two_steps = per_image(metrics.resize_images(gt, 48), metrics.resize_images(rec, 48), 80)
+        assert per_image(gt, rec, 80, via=(48,)) == pytest.approx(two_steps, abs=1e-6)
+        assert per_image(gt, rec, 80) != pytest.approx(two_steps, abs=1e-3)

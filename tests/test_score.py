@@ -21,8 +21,8 @@ from PIL import Image
 from scipy.io import loadmat
 
 from conftest import TINY_OVERRIDES, tiny_config
-from mindreader import score
-from mindreader.evaluation.run import battery_config, evaluate_run
+from mindreader import metrics, score
+from mindreader.evaluation.run import battery_config, evaluate_reconstructions, evaluate_run
 from mindreader.nsd import EXPDESIGN_RELPATH, NSD
 from mindreader.synth import SyntheticSpec, write_synthetic_nsd
 
@@ -326,3 +326,52 @@ def test_the_command_line_scores_with_the_configs_networks_and_says_what_is_miss
     assert summary["external"]["path"] == str(tmp_path / "in" / "recons.npy")
     assert list(per_image["nsd_id"]) == list(world.ids)
     assert (tmp_path / "out" / "metrics.provenance.json").is_file()
+
+
+def test_the_command_line_can_resize_the_pixel_metrics_images_as_mindeye_does(world, monkeypatch, tmp_path):
+    # --pixel-resize-via 12: both images to 12 px, then to the config's 24 (MindEye's 256 then 425,
+    # at this world's size); recorded in metrics.json. Caught: the option not reaching the battery.
+    args = write_format(world, "h5", tmp_path / "in")
+    assert run_score(world, monkeypatch, tmp_path / "out", *args, "--pixel-resize-via", "12") == 0
+    summary, per_image = read_out(tmp_path / "out")
+    for key, per_image_metric in (("pixcorr", metrics.pixcorr_per_image), ("ssim", metrics.ssim_per_image)):
+        assert np.allclose(per_image[key], per_image_metric(world.gt, world.rec, 24, via=(12,)), atol=1e-5), key
+        assert not np.allclose(per_image[key], per_image_metric(world.gt, world.rec, 24), atol=1e-3), key
+    assert summary["pixel_resize_via"] == [12] and "12 px then 24 px" in summary["resize_policy"]["pixels"]
+
+
+def test_rows_of_other_images_are_scored_again_on_the_common_ones_and_only_they(world):
+    # Two rows of our reconstructions: all 12 images, and the first 8 (its metrics from the same
+    # battery). The common images are the 8; the 12-image row is scored again on them and equals
+    # the 8-image row; with rows of the same images nothing is scored (no network is loaded).
+    # Caught: a row of other images kept as it is; networks loaded when nothing is scored again.
+    from mindreader.evaluation.common_images import Row, common_nsd_ids, score_on_common_images
+
+    cfg = battery_config(score.load_config(world.configfile)["evaluation"], 42)
+    device = torch.device("cpu")
+    loads = []
+
+    def sources():
+        loads.append(1)
+        return stand_in_sources()[:2]
+
+    def row(key, keep):
+        ids, rec = world.ids[keep], world.rec[keep]
+        summary, _ = evaluate_reconstructions(
+            rec, ids, world.nsd.read_images(ids), {}, *stand_in_sources()[:2], cfg, device, {"missing": "-"}, "brain",
+            {"resolution": 16},
+        )
+        by_id = dict(zip(world.ids.tolist(), world.rec))
+        return Row(key, ids, summary, lambda wanted: np.stack([by_id[i] for i in wanted.tolist()]), lambda wanted: {})
+
+    every, first = row("every", slice(None)), row("first", slice(0, 8))
+    common = score_on_common_images([every, first], world.nsd, sources, cfg, device)
+    assert common["nsd_id"] == world.ids[:8].tolist() and loads == [1]
+    scored = {r["key"]: r for r in common["rows"]}
+    assert scored["every"]["rescored"] and not scored["first"]["rescored"] and scored["every"]["n_own"] == 12
+    for key in ("pixcorr", "ssim", "alex2", "clip", "fd_clip"):
+        again, own = scored["every"]["summary"]["metrics"][key], first.summary["metrics"][key]
+        assert again["value"] == pytest.approx(own["value"], abs=1e-6) and again["ci95"] == pytest.approx(own["ci95"], abs=1e-6)
+    assert score_on_common_images([first, first], world.nsd, sources, cfg, device)["n_images"] == 8 and loads == [1]
+    with pytest.raises(ValueError, match="no test image is common"):
+        common_nsd_ids([row("a", slice(0, 4)), row("b", slice(4, 8))])

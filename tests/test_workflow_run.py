@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from conftest import TINY_RUN, deep_update, run_snakemake, tiny_config
 
 from mindreader.evaluation.networks import FID_NETWORK
@@ -203,6 +204,63 @@ def test_the_workflow_reports_both_fids_when_the_fid_network_is_there(tiny_run, 
     assert generated["value"] > 0 and (generated["n_generated"], generated["n_real"]) == (6, len(test_ids))
     md = (workdir / "results/tables/conditioning.md").read_text()
     assert "FID (paired) ↓" in md and "FID (6 generated) ↓" in md and "fid50k_full" in md
+
+
+def test_an_external_method_is_a_comparison_row_and_every_row_is_scored_on_the_common_images(tiny_run, tmp_path):
+    """On a copy of the run: the main run's own reconstructions of 2/3 of subj01's test images,
+    written as a PNG folder, configured as evaluation.external "mine". Only the new jobs run (no
+    run's evaluation again); the comparison table and the metric bars get the row external:mine;
+    every measured row is scored on those images (N), and the main run, scored again on them,
+    equals the external row on every image metric (the same images by nsd id), while keeping
+    its retrieval. Catches: the runs not scored again on the common images."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    ids_of = {}
+    for subject in SUBJECTS:
+        with h5py.File(workdir / f"results/reconstructions/{subject}/cnn/mse_cos_contrastive/img+cap/finetune.h5") as f:
+            ids_of[subject] = f["nsd_id"][()]
+            if subject == "subj01":
+                images = dict(zip(f["nsd_id"][()].tolist(), f["images"][()]))
+    both = np.intersect1d(*ids_of.values())
+    kept = both[: 2 * len(both) // 3]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for nsd_id in kept:
+        Image.fromarray(images[int(nsd_id)]).save(folder / f"{nsd_id}.png")
+    main = CONFIG["ablations"]["main"]
+    one_setting = {"variants": [main["variant"]], "strategies": [main["strategy"]], "losses": [main["loss"]],
+                   "mappers": [main["mapper"]]}
+    external = {"mine": {"subject": "subj01", "path": str(folder), "format": "png", "selection": "the only sample"}}
+    config = deep_update(CONFIG, {"ablations": one_setting, "evaluation": {"external": external}})
+    made = run_snakemake(workdir, ["results/tables/comparison.md", "results/figures/metrics_conditioning.png"], config)
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", made.stdout + made.stderr, flags=re.MULTILINE))
+    jobs.pop("total", None)
+    assert set(jobs) == {"score_external", "comparison_metrics", "make_tables", "metric_bars"}, jobs
+
+    common = read_json(workdir / "results/metrics/comparison.json")
+    assert common["nsd_id"] == kept.tolist() and common["n_images"] == len(kept) < len(ids_of["subj01"])
+    rows = {row["key"]: row for row in common["rows"]}
+    assert set(rows) == {f"{s}/cnn/mse_cos_contrastive/img+cap/finetune{o}" for s in SUBJECTS for o in ("", "_oracle")} | {
+        "external:mine"
+    }
+    ours, mine = rows[f"{MAIN}/img+cap/finetune"], rows["external:mine"]
+    assert ours["rescored"] and ours["n_own"] == len(ids_of["subj01"]) and not mine["rescored"]
+    assert all(row["summary"]["n_images"] == len(kept) for row in rows.values())
+    compared = {key for key, result in mine["summary"]["metrics"].items() if "value" in result}
+    assert {"pixcorr", "ssim", "clip", "fd_clip"} <= compared  # the tiny run has no other network
+    for key in compared:
+        assert ours["summary"]["metrics"][key]["value"] == pytest.approx(mine["summary"]["metrics"][key]["value"], abs=1e-6)
+        assert ours["summary"]["metrics"][key]["ci95"] == pytest.approx(mine["summary"]["metrics"][key]["ci95"], abs=1e-6)
+    assert "value" in ours["summary"]["metrics"]["img_ret"] and "missing" in mine["summary"]["metrics"]["img_ret"]
+
+    md = (workdir / "results/tables/comparison.md").read_text()
+    assert f"| external:mine | subj01 | external | {len(kept)} |" in md
+    assert f"| ours: cnn (Mind Reader's mapper) | subj01 | brain | {len(kept)} |" in md
+    assert f"scored on the {len(kept)} test images" in md and "samples chosen by: the only sample" in md
+    sources = pd.read_csv(workdir / "results/tables/external_sources.csv")
+    assert sources["name"].tolist() == ["external:mine"] and sources["n_own"].tolist() == [len(kept)]
+    assert sources["sha256"].tolist() == [read_json(workdir / "results/metrics/external/mine/metrics.json")["external"]["sha256"]]
+    assert (workdir / "results/figures/metrics_conditioning.png").stat().st_size > 0
 
 
 def test_a_job_that_asks_for_a_gpu_fails_at_once_without_one_unless_the_cpu_is_asked_for(tiny_run, tmp_path):

@@ -74,6 +74,7 @@ class BatteryConfig:
     retrieval_draws: int  # retrieval pools drawn
     seed: int  # seed of the bootstrap and the retrieval pools
     fid_protocols: tuple[str, ...]  # FIDs to report: paired and/or generated (FID_PROTOCOLS)
+    pixel_resize_via: tuple[int, ...] = ()  # sides PixCorr/SSIM's images pass through before image_side
 
 
 def extract_features(
@@ -126,7 +127,7 @@ def evaluate_images(
             continue
         if metric.kind in ("pixcorr", "ssim"):
             per_image = (metrics.pixcorr_per_image if metric.kind == "pixcorr" else metrics.ssim_per_image)(
-                gt, rec, cfg.image_side
+                gt, rec, cfg.image_side, cfg.pixel_resize_via
             )
             results[metric.key] = {**mean_ci(per_image, cfg.n_boot, cfg.seed), "per_image": per_image}
             continue

@@ -35,6 +35,8 @@ BRAIN_DIFFUSER_SESSIONS = 37  # the public sessions Brain-Diffuser and Takagi & 
 # The side below which the field's pixel metrics (425 px) upsample a reconstruction.
 FIELD_SIDE = 425
 PNG_NAME = re.compile(r"^(\d+)(?:_(\d+))?\.png$")
+# Why an external row has no retrieval metrics (they score a mapper's predicted embeddings).
+EXTERNAL_RETRIEVAL = "no predicted embeddings for external reconstructions"
 
 
 class ExternalFormatError(ValueError):

@@ -46,6 +46,7 @@ def battery_config(eval_cfg: Mapping[str, Any], seed: int) -> BatteryConfig:
         retrieval_draws=int(eval_cfg["retrieval_draws"]),
         seed=int(seed),
         fid_protocols=tuple(eval_cfg["fid_protocols"]),
+        pixel_resize_via=tuple(int(side) for side in eval_cfg["pixel_resize_via"]),
     )
 
 
@@ -110,8 +111,23 @@ def read_reconstructions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return images, nsd_id, attrs
 
 
-def read_predictions(files: Mapping[str, str | os.PathLike]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mapper target (img | cap) -> (pred, target) float (N, D).
+def positions(nsd_id: np.ndarray, wanted: np.ndarray, where: str | os.PathLike) -> np.ndarray:
+    """Index of each wanted nsd id in ``nsd_id``; a ValueError naming ``where`` if one is absent."""
+    order = np.argsort(nsd_id, kind="stable")
+    found = np.searchsorted(nsd_id, wanted, sorter=order)
+    found = np.minimum(found, len(nsd_id) - 1)
+    index = order[found]
+    absent = wanted[nsd_id[index] != wanted]
+    if len(absent):
+        raise ValueError(f"{where}: no nsd id(s) {absent[:5].tolist()} (expected every requested test image)")
+    return index
+
+
+def read_predictions(
+    files: Mapping[str, str | os.PathLike], nsd_ids: np.ndarray | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mapper target (img | cap) -> (pred, target) float (N, D); with ``nsd_ids``, the rows of
+    those test images in that order.
 
     ``files`` maps a target to a mapper's pred_test.h5 (pred, target (N, D)); a file whose pred is
     (N, K, D) (an end-to-end run's e2e_pred_test.h5) holds K targets, named by its `conditions`
@@ -120,10 +136,13 @@ def read_predictions(files: Mapping[str, str | os.PathLike]) -> dict[str, tuple[
     found = {}
     for key, path in files.items():
         with h5py.File(path, "r") as f:
-            for name in ("pred", "target"):
+            for name in ("nsd_id", "pred", "target"):
                 if name not in f:
                     raise ValueError(f"{path}: no dataset '{name}' (expected nsd_id, pred, target)")
             pred, target = f["pred"][()], f["target"][()]
+            if nsd_ids is not None:
+                rows = positions(f["nsd_id"][()].astype(np.int64), np.asarray(nsd_ids, dtype=np.int64), path)
+                pred, target = pred[rows], target[rows]
             if pred.ndim == 3:
                 conditions = str(f.attrs.get("conditions", "")).split(",")
                 if len(conditions) != pred.shape[1] or pred.shape != target.shape:
@@ -194,6 +213,7 @@ def evaluate_reconstructions(
         "metrics": results,
         "bootstrap": {"n": cfg.n_boot, "n_frechet": cfg.n_boot_fd, "seed": cfg.seed, "ci": CI_METHODS},
         "image_side": cfg.image_side,
+        "pixel_resize_via": list(cfg.pixel_resize_via),
         "fid_protocols": list(cfg.fid_protocols),
         "directions": {m.key: ("higher" if m.higher_is_better else "lower") + " is better" for m in METRICS},
     }

@@ -18,7 +18,7 @@ import pandas as pd
 from mindreader.evaluation.battery import METRIC_BY_KEY, Metric
 from mindreader.evaluation.bootstrap import CI_METHODS
 from mindreader.io import atomic_path
-from mindreader.names import ABLATION_TABLES, RECONSTRUCTION_SOURCES, get_variant
+from mindreader.names import ABLATION_TABLES, EXTERNAL_PREFIX, RECONSTRUCTION_SOURCES, get_variant, run_key
 
 # The field's comparison format (MindEye, Brain-Diffuser): PixCorr ... brain retrieval.
 COMPARISON_COLUMNS = ("pixcorr", "ssim", "alex2", "alex5", "incep", "clip", "eff", "swav", "img_ret", "brain_ret")
@@ -169,10 +169,21 @@ def ablation_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mappin
     return tables
 
 
-def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> Table:
-    """The field's table: our mappers per subject and averaged (brain rows, then oracle rows), then
-    the quoted published rows."""
+def comparison_table(
+    runs: list[dict],
+    ablations: Mapping[str, Any],
+    data: Mapping[str, Any],
+    common: Mapping[str, Any] | None = None,  # results/metrics/comparison.json (with external rows)
+) -> Table:
+    """The field's table: our mappers per subject and averaged (brain rows, then oracle rows),
+    other methods' rows scored by us (``common``: every measured row on the test images every
+    row has), then the quoted published rows. Column N: the test images each row is scored on."""
     main = ablations["main"]
+    scored = {row["key"]: row["summary"] for row in (common or {}).get("rows", [])}
+
+    def summary_of(run: Mapping[str, Any]) -> Mapping[str, Any]:
+        return scored.get(run_key(run, run["source"]), run["summary"])
+
     chosen = [
         r
         for r in runs
@@ -187,17 +198,27 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
         for source in RECONSTRUCTION_SOURCES:
             mine = [r for r in chosen if r["mapper"] == mapper and r["source"] == source]
             labels = {"method": method, "source": source}
-            per_subject = [_row({**labels, "subject": r["subject"]}, r["summary"], COMPARISON_COLUMNS) for r in mine]
+            per_subject = [
+                _row({**labels, "subject": r["subject"], "N": _n_images([summary_of(r)])}, summary_of(r), COMPARISON_COLUMNS)
+                for r in mine
+            ]
             rows.extend(per_subject)
             if len(per_subject) > 1:
                 mean = pd.DataFrame(per_subject)[list(COMPARISON_COLUMNS)].mean(skipna=False)
-                rows.append({**labels, "subject": f"mean of {len(per_subject)}", **mean.to_dict()})
+                count = _n_images([summary_of(r) for r in mine])
+                rows.append({**labels, "subject": f"mean of {len(per_subject)}", "N": count, **mean.to_dict()})
+    externals = [row for row in (common or {}).get("rows", []) if row["key"].startswith(EXTERNAL_PREFIX)]
+    for row in externals:
+        summary = row["summary"]
+        labels = {"method": row["key"], "subject": summary["subject"], "source": "external", "N": _n_images([summary])}
+        rows.append(_row(labels, summary, COMPARISON_COLUMNS))
     for method, values in QUOTED_ROWS.items():
         rows.append(
             {
                 "method": f"{method} [quoted, not measured]",
                 "subject": "subj01",
                 "source": "published",
+                "N": "",
                 **{k: (math.nan if v is None else v) for k, v in zip(COMPARISON_COLUMNS, values)},
             }
         )
@@ -206,12 +227,76 @@ def comparison_table(runs: list[dict], ablations: Mapping[str, Any], data: Mappi
         name="comparison",
         title=f"Comparison in the field's format ({main_desc}); rows marked [quoted, not measured]: {QUOTED_SOURCE}",
         frame=pd.DataFrame(rows),
-        labels=("method", "subject", "source"),
+        labels=("method", "subject", "source", "N"),
         columns=COMPARISON_COLUMNS,
-        data_note=data_note(data, (r["summary"] for r in chosen)),
-        missing=_missing((r["summary"] for r in chosen), COMPARISON_COLUMNS),
-        notes=_oracle_notes(chosen),
+        data_note=data_note(data, [summary_of(r) for r in chosen]),
+        missing=_missing([summary_of(r) for r in chosen], COMPARISON_COLUMNS),
+        notes=(*_oracle_notes(chosen), *_common_notes(common, externals)),
     )
+
+
+def _n_images(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """'982', or '982/1000' when the summaries differ."""
+    return "/".join(str(n) for n in sorted({int(s["n_images"]) for s in summaries}))
+
+
+def _common_notes(common: Mapping[str, Any] | None, externals: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    if not common:
+        return ()
+    again = sum(row["rescored"] for row in common["rows"])
+    notes = [
+        f"N: test images a row is scored on. Every measured row (ours and external:) is scored on the "
+        f"{common['n_images']} test images (nsd ids) that every measured row has; {again} of "
+        f"{len(common['rows'])} rows had other images of their own and were scored again on these"
+    ]
+    for row in externals:
+        notes.append(f"{row['key']}: {external_description(row)}")
+    notes.append("external rows have no retrieval: a method's files hold no predicted embeddings")
+    return tuple(notes)
+
+
+def external_description(row: Mapping[str, Any]) -> str:
+    """'png folder /x/recons (sha256 1a2b3c4d5e6f...), subj01, 982 images of its own at 512 px[, ...]'."""
+    summary = row["summary"]
+    source, recon = summary["external"], summary["reconstruction"]
+    text = (
+        f"{source['format']} {source['path']} (sha256 {source['sha256'][:12]}...), {source['subject']}, "
+        f"{row['n_own']} images of its own at {recon['resolution']} px"
+    )
+    if recon.get("below_425_px"):
+        text += " (below 425 px: upsampled for PixCorr and SSIM)"
+    if summary.get("samples", {}).get("n", 1) > 1:
+        text += f", {summary['samples']['n']} samples per image: sample 0 scored"
+    if source.get("selection"):
+        text += f", samples chosen by: {source['selection']}"
+    return text
+
+
+def external_sources_frame(common: Mapping[str, Any]) -> pd.DataFrame:
+    """results/tables/external_sources.csv: per external row its source file and checksum."""
+    records = []
+    for row in common["rows"]:
+        if not row["key"].startswith(EXTERNAL_PREFIX):
+            continue
+        summary = row["summary"]
+        source = summary["external"]
+        records.append(
+            {
+                "name": row["key"],
+                "subject": source["subject"],
+                "format": source["format"],
+                "path": source["path"],
+                "sha256": source["sha256"],
+                "ids": source.get("ids", ""),
+                "ids_sha256": source.get("ids_sha256", ""),
+                "selection": source.get("selection") or "",
+                "n_own": row["n_own"],
+                "n_scored": summary["n_images"],
+                "resolution": summary["reconstruction"]["resolution"],
+                "samples": summary.get("samples", {}).get("n", 1),
+            }
+        )
+    return pd.DataFrame(records)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -322,6 +407,8 @@ def write_table(table: Table, folder: str | os.PathLike) -> list[Path]:
     return written
 
 
-def all_tables(runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any]) -> list[Table]:
-    return [*ablation_tables(runs, ablations, data), comparison_table(runs, ablations, data)]
+def all_tables(
+    runs: list[dict], ablations: Mapping[str, Any], data: Mapping[str, Any], common: Mapping[str, Any] | None = None
+) -> list[Table]:
+    return [*ablation_tables(runs, ablations, data), comparison_table(runs, ablations, data, common)]
 

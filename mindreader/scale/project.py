@@ -4,7 +4,8 @@ asks the scheduler for, with a flag on every ask below its projection.
 A job is a dict: ``rule``, ``wildcards`` (dict), ``resources`` (``gpu``, ``mem_mb``, ``runtime``
 of its first attempt, the runtime capped at cluster.max_runtime) and ``attempts``: how many jobs
 the rule plans for it (a training longer than cluster.max_runtime runs as ceil(runtime /
-max_runtime) jobs, each resuming the last; 1 for the others). Rule preflight gets the jobs from the
+max_runtime) jobs, each resuming the last; 1 for the others); comparison_metrics also has
+``scored_sets``, the image sets it scores at most. Rule preflight gets the jobs from the
 workflow's target functions (rules/common.smk, preflight_jobs); bench/paper_scale.py from a dry run.
 """
 
@@ -40,6 +41,8 @@ STAGE_OF_RULE = {
     "evaluate_run": "evaluation",
     "fid_generated": "evaluation",
     "fid_generated_oracle": "evaluation",
+    "score_external": "evaluation",
+    "comparison_metrics": "evaluation",
 }
 
 
@@ -249,7 +252,10 @@ def job_cost(job: Mapping[str, Any], config: Mapping[str, Any], units: Units) ->
             "device_gb": units.memory("reconstruct") + units.memory("eval:inception_fid"),
             "source": f"reconstruct + eval:inception_fid x {generated} + {test} images",
         }
-    if rule == "evaluate_run":
+    if rule in ("evaluate_run", "score_external", "comparison_metrics"):
+        # image sets scored: the run's brain and oracle; one external; at most every row of the
+        # comparison scored again on the common images
+        sources = {"evaluate_run": sources, "score_external": 1}.get(rule) or int(job["scored_sets"])
         ev = config["evaluation"]
         nets = [f"eval:{name}" for name in evaluation_networks(config) if f"eval:{name}" in units]
         if not nets:
