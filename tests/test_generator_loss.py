@@ -209,3 +209,24 @@ def test_end_to_end_avg_variant_conditions_on_the_mean_of_the_two_mappers():
     torch.testing.assert_close(pred, perturb(raw, 0.9, noise))
     losses, terms = loss.g_main(batch, StepRandom(0, 1, "Gmain", torch.device("cpu")))
     assert {"G", "M"} == set(losses) and "Loss/M/mse/1" in terms
+
+
+@pytest.mark.parametrize("train_z", ["random", "zero"])
+def test_style_mixing_takes_a_random_latent_whatever_the_training_z(train_z):
+    # The fork trains with z = 0 and mixes randn_like(z) into the layers after a random cutoff
+    # (probability style_mixing): with mixing always on, the ws before the cutoff are mapping(z)
+    # (zero z: mapping(0)) and the later ones mapping(z2) of a standard-normal z2. Caught: the
+    # mixing latent zeroed with z (train_z zero then mixed nothing).
+    loss, batch = loss_and_batch(n_conditions=1, itc=False)
+    loss.cfg.train_z, loss.cfg.style_mixing = train_z, 1.0
+    c = batch["cond"][:, 0]
+    rnd = StepRandom(0, 0, "Gmain", torch.device("cpu"))
+    _, ws = loss.generate(c, rnd)
+    again = StepRandom(0, 0, "Gmain", torch.device("cpu"))
+    z = again.normal((4, loss.G.z_dim))
+    z2 = again.normal((4, loss.G.z_dim))
+    cutoff = again.shared_integer(1, ws.shape[1]) if again.shared_uniform() < 1.0 else None
+    first = loss.G.mapping(torch.zeros_like(z) if train_z == "zero" else z)
+    torch.testing.assert_close(ws[:, :cutoff], first[:, :cutoff])
+    torch.testing.assert_close(ws[:, cutoff:], loss.G.mapping(z2)[:, cutoff:])
+    assert not torch.allclose(ws[:, -1], first[:, -1])

@@ -170,7 +170,7 @@ def test_architecture_passes_the_branch_lr_multiplier_and_the_noise_switch():
     cfg = {
         "z_dim": 8, "w_dim": 8, "resolution": 8, "branch_width": 6, "channel_base": 64, "channel_max": 16,
         "mapping_layers": 2, "mbstd_group_size": 2, "branch_lr_multiplier": 1.0, "noise_inputs": False,
-        "num_fp16_res": 4, "conv_clamp": 256, "precision": "fp16",
+        "num_fp16_res": 4, "conv_clamp": 256, "precision": "fp16", "projection": "per_sample",
     }
     g_kwargs, _ = architecture(cfg, c_dim=5, n_conditions=1, fusion="max")
     G = Generator(**g_kwargs)
@@ -232,7 +232,7 @@ def small_arch(**changes) -> dict:
     """The config's architecture keys for a 16 px network with few channels."""
     arch = {"z_dim": 8, "w_dim": 8, "resolution": 16, "branch_width": 6, "channel_base": 64, "channel_max": 8}
     arch.update(mapping_layers=2, mbstd_group_size=2, branch_lr_multiplier=0.01, noise_inputs=True)
-    arch.update(num_fp16_res=4, conv_clamp=256, precision="fp16")
+    arch.update(num_fp16_res=4, conv_clamp=256, precision="fp16", projection="per_sample")
     return {**arch, **changes}
 
 
@@ -338,3 +338,23 @@ def test_fp16_modulated_conv_is_prenormalised_against_overflow():
     half = modulated_conv2d(x.half(), weight, styles)
     assert half.dtype == torch.float16 and half.isfinite().all()
     assert (half.float() - full).abs().max() <= 0.01 * full.abs().max()
+
+
+@pytest.mark.parametrize("n_conditions", [1, 2])
+def test_batch_sum_projection_adds_one_scalar_over_the_batch_to_every_logit(n_conditions):
+    # generator.projection batch_sum (Lafite's and the fork's D): logit_i + w * sum_j sum_k <fts_jk, c_jk>
+    # with w = 1/K; per_sample: logit_i + w * sum_k <fts_ik, c_ik>. Caught: batch_sum left per sample.
+    torch.manual_seed(0)
+    D = tiny_D(n_conditions=n_conditions)
+    img, c = torch.randn(4, 3, 16, 16), torch.randn(4, n_conditions, 12)
+    with torch.no_grad():
+        per_sample, fts = D(img, c)
+        D.projection = "batch_sum"
+        summed, same_fts = D(img, c)
+    torch.testing.assert_close(same_fts, fts)
+    own = (fts * c).sum(dim=(1, 2)) / n_conditions
+    plain = per_sample - own
+    torch.testing.assert_close(summed, plain + own.sum())
+    assert not torch.allclose(summed, per_sample)
+    with pytest.raises(ValueError, match="unknown projection"):
+        networks.Discriminator(16, 3, 12, 1, 64, 8, projection="mean")

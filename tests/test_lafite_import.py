@@ -240,6 +240,12 @@ def test_persistence_pickle_imports_into_networks_that_compute_the_same(tmp_path
         img = networks[1](z, c, noise_mode="const")
         for got, want in zip(D(img, c), networks[2](img, c)):
             assert torch.equal(got, want)
+        # generator.projection batch_sum: the logits Lafite's D gives the whole batch, its
+        # projection summed over the batch and added to every sample's logit
+        per_sample, fts = D(img, c)
+        D.projection = "batch_sum"
+        projection = (fts * c).sum(dim=(1, 2))
+        torch.testing.assert_close(D(img, c)[0], per_sample - projection + projection.sum())
 
 
 def test_finetuning_starts_from_the_import_and_names_a_config_key_that_differs(tmp_path, lafite_modules):

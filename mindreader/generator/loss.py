@@ -155,6 +155,7 @@ class LafiteLoss(nn.Module):
         return c, (c if n == pred.shape[1] else perturb(pred, signal, noise))
 
     def latents(self, batch_size: int, rnd: StepRandom) -> torch.Tensor:
+        """The main latent: standard normal, or (train_z zero, the fork's training) zero."""
         z = rnd.normal((batch_size, self.G.z_dim))
         return torch.zeros_like(z) if self.cfg.train_z == "zero" else z
 
@@ -162,10 +163,11 @@ class LafiteLoss(nn.Module):
         return {name: rnd.normal((batch_size, 1, res, res)) for name, res in self.G.synthesis.noise_shapes().items()}
 
     def generate(self, c: torch.Tensor, rnd: StepRandom, mixing: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """G(z, c) with style mixing; returns (images, ws)."""
+        """G(z, c) with style mixing; returns (images, ws). The mixing latent is standard normal
+        whatever train_z (the fork mixes randn_like(z) into its zero z)."""
         batch = c.shape[0]
         ws = self.G.mapping(self.latents(batch, rnd))
-        z2 = self.latents(batch, rnd)
+        z2 = rnd.normal((batch, self.G.z_dim))
         if mixing and rnd.shared_uniform() < self.cfg.style_mixing:
             cutoff = rnd.shared_integer(1, ws.shape[1])
             ws = torch.cat([ws[:, :cutoff], self.G.mapping(z2)[:, cutoff:]], dim=1)

@@ -492,13 +492,18 @@ class DiscriminatorEpilogue(nn.Module):
         return self.out(x).squeeze(1), fts
 
 
+# How D's projection term enters each sample's logit (Discriminator).
+PROJECTIONS = ("per_sample", "batch_sum")
+
+
 class Discriminator(nn.Module):
     """image (B, C, R, R) + conditions (B, K, c_dim) -> per-sample conditional logit (B,) and
     projection features (B, K, c_dim).
 
     Conditional logit = logit + <fts, c> with one condition, logit + 0.5 * sum_k <fts_k, c_k> with
-    two (Lafite's weights: 1 / K), per sample (the original summed the projection over the batch,
-    adding the same scalar to every sample). A one-condition D copied into both heads of a
+    two (Lafite's weights: 1 / K). ``projection`` "per_sample": each sample's own product;
+    "batch_sum": Lafite's and the fork's, the products summed over the whole batch and that one
+    scalar added to every sample's logit. A one-condition D copied into both heads of a
     two-condition one thus gives the same logit for the same condition in both.
     """
 
@@ -514,12 +519,16 @@ class Discriminator(nn.Module):
         num_fp16_res: int = 0,  # reduced precision on a GPU in this many top resolutions (paper: 4)
         conv_clamp: float | None = None,  # clamp fromRGB and conv outputs to +-this (paper: 256; None: off)
         precision: str = "fp16",  # dtype of those resolutions: fp16 (paper), bf16, or fp32 (none reduced)
+        projection: str = "per_sample",  # per_sample, or batch_sum (Lafite's; see the class docstring)
     ):
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection '{projection}'; choose one of {PROJECTIONS}")
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.c_dim = c_dim
         self.n_conditions = n_conditions
+        self.projection = projection
         self.projection_weight = 1.0 / n_conditions
         if img_resolution < 8:
             raise ValueError(f"the discriminator needs a resolution of at least 8, got {img_resolution}")
@@ -542,4 +551,6 @@ class Discriminator(nn.Module):
             x = getattr(self, f"b{res}")(x)
         logits, fts = self.b4(x)
         projection = (fts * c.to(fts.dtype)).sum(dim=2).sum(dim=1)
+        if self.projection == "batch_sum":
+            projection = projection.sum().expand_as(projection)
         return logits + self.projection_weight * projection, fts

@@ -47,6 +47,7 @@ def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tupl
         "channel_base": arch["channel_base"],
         "channel_max": arch["channel_max"],
         "mbstd_group_size": arch["mbstd_group_size"],
+        "projection": arch["projection"],
         **precision,
     }
     return g_kwargs, d_kwargs
