@@ -29,6 +29,7 @@ for source, true_targets, h5, png in outputs:
             device,
             rec["batch"],
             true_targets,
+            rec["noise_mode"],
         )
         write_pngs(h5, png)
     except Exception:

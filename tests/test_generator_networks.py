@@ -171,6 +171,7 @@ def test_architecture_passes_the_branch_lr_multiplier_and_the_noise_switch():
         "z_dim": 8, "w_dim": 8, "resolution": 8, "branch_width": 6, "channel_base": 64, "channel_max": 16,
         "mapping_layers": 2, "mbstd_group_size": 2, "branch_lr_multiplier": 1.0, "noise_inputs": False,
         "num_fp16_res": 4, "conv_clamp": 256, "precision": "fp16", "projection": "per_sample",
+        "mbstd_grouping": "consecutive",
     }
     g_kwargs, _ = architecture(cfg, c_dim=5, n_conditions=1, fusion="max")
     G = Generator(**g_kwargs)
@@ -232,7 +233,7 @@ def small_arch(**changes) -> dict:
     """The config's architecture keys for a 16 px network with few channels."""
     arch = {"z_dim": 8, "w_dim": 8, "resolution": 16, "branch_width": 6, "channel_base": 64, "channel_max": 8}
     arch.update(mapping_layers=2, mbstd_group_size=2, branch_lr_multiplier=0.01, noise_inputs=True)
-    arch.update(num_fp16_res=4, conv_clamp=256, precision="fp16", projection="per_sample")
+    arch.update(num_fp16_res=4, conv_clamp=256, precision="fp16", projection="per_sample", mbstd_grouping="consecutive")
     return {**arch, **changes}
 
 
@@ -358,3 +359,22 @@ def test_batch_sum_projection_adds_one_scalar_over_the_batch_to_every_logit(n_co
     assert not torch.allclose(summed, per_sample)
     with pytest.raises(ValueError, match="unknown projection"):
         networks.Discriminator(16, 3, 12, 1, 64, 8, projection="mean")
+
+
+def test_strided_minibatch_std_groups_as_stylegan2_ada():
+    # mbstd_grouping strided: StyleGAN2-ADA's layer written out (group g along the leading axis,
+    # statistics over it, each sample given its group's row by repeat); consecutive: groups of
+    # neighbours. Caught: strided computed as consecutive.
+    from mindreader.generator.networks import MinibatchStdLayer
+
+    x, g, f = torch.randn(8, 4, 3, 3), 2, 2
+    y = x.reshape(g, -1, f, 4 // f, 3, 3)
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4]).reshape(-1, f, 1, 1).repeat(g, 1, 3, 3)
+    torch.testing.assert_close(MinibatchStdLayer(g, f, "strided")(x), torch.cat([x, y], dim=1))
+    consecutive = MinibatchStdLayer(g, f)(x)[:, 4:, 0, 0]
+    pair = x[:2].reshape(2, f, 4 // f, 3, 3)
+    expected = ((pair - pair.mean(0)).square().mean(0) + 1e-8).sqrt().mean(dim=[1, 2, 3])
+    torch.testing.assert_close(consecutive[0], expected)
+    torch.testing.assert_close(consecutive[1], expected)
+    assert not torch.allclose(MinibatchStdLayer(g, f, "strided")(x), MinibatchStdLayer(g, f)(x))

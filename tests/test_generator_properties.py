@@ -197,6 +197,17 @@ def test_generated_images_are_the_same_in_any_batch_size_and_none_for_no_conditi
     np.testing.assert_array_equal(generate_images(G, c, "random", 0, CPU), in_twos)
     none = generate_images(G, c[:0], "random", 0, CPU)
     assert none.shape == (0, G.img_resolution, G.img_resolution, 3) and none.dtype == np.uint8
+    # random noise inputs (the fork's metrics): also the same in any batch size, drawn from the
+    # seed, and not the constant maps. Caught: noise drawn per batch; random noise ignored.
+    with torch.no_grad():  # StyleGAN2 starts with noise strength 0: give the noise a weight
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.5)
+    in_twos = generate_images(G, c, "random", 0, CPU, batch_size=2)
+    noisy = generate_images(G, c, "random", 0, CPU, noise_mode="random")
+    np.testing.assert_array_equal(generate_images(G, c, "random", 0, CPU, batch_size=2, noise_mode="random"), noisy)
+    assert not np.array_equal(noisy, in_twos)
+    np.testing.assert_array_equal(generate_images(G, c, "random", 0, CPU, noise_mode="random"), noisy)
 
 
 def test_reconstructions_are_drawn_by_G_ema(tmp_path):

@@ -396,21 +396,30 @@ class Generator(nn.Module):
         return self.synthesis(self.mapping(z), c, noise_mode, noise)
 
 
-class MinibatchStdLayer(nn.Module):
-    """Append the std of features over groups of consecutive samples as extra channels.
+# Which samples form a minibatch-std group (MinibatchStdLayer).
+MBSTD_GROUPINGS = ("consecutive", "strided")
 
-    Groups are consecutive samples so that a global batch split across ranks in order forms the
-    same groups as the whole batch in one process.
+
+class MinibatchStdLayer(nn.Module):
+    """Append the std of features over groups of samples as extra channels.
+
+    ``grouping`` "consecutive": samples 0..g-1, g..2g-1, ..., so that a global batch split across
+    ranks in order forms the same groups as the whole batch in one process; "strided":
+    StyleGAN2-ADA's (and Lafite's), sample i in group i mod (n / g), within each process's batch.
     """
 
     def __init__(
         self,
         group_size: int,  # samples per group (the batch must be divisible by min(group, batch))
         num_channels: int = 1,  # feature groups, one std channel each
+        grouping: str = "consecutive",  # MBSTD_GROUPINGS
     ):
         super().__init__()
+        if grouping not in MBSTD_GROUPINGS:
+            raise ValueError(f"unknown minibatch-std grouping '{grouping}'; choose one of {MBSTD_GROUPINGS}")
         self.group_size = group_size
         self.num_channels = num_channels
+        self.grouping = grouping
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, [None, None, None, None], "MinibatchStdLayer x")
@@ -419,11 +428,12 @@ class MinibatchStdLayer(nn.Module):
         if n % g:
             raise ValueError(f"batch {n} is not divisible by the minibatch-std group size {g}")
         f = self.num_channels
-        y = x.reshape(n // g, g, f, c // f, h, w)
-        y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)
-        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])  # (n/g, f)
-        y = y.repeat_interleave(g, dim=0).reshape(n, f, 1, 1).repeat(1, 1, h, w)
-        return torch.cat([x, y], dim=1)
+        member = 1 if self.grouping == "consecutive" else 0  # the axis along a group's members
+        y = x.reshape(n // g, g, f, c // f, h, w) if member else x.reshape(g, n // g, f, c // f, h, w)
+        y = (y - y.mean(dim=member, keepdim=True)).square().mean(dim=member)
+        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])  # (n/g, f): one row per group
+        y = y.repeat_interleave(g, dim=0) if member else y.repeat(g, 1)
+        return torch.cat([x, y.reshape(n, f, 1, 1).repeat(1, 1, h, w)], dim=1)
 
 
 class DiscriminatorBlock(nn.Module):
@@ -470,13 +480,14 @@ class DiscriminatorEpilogue(nn.Module):
         in_channels: int,  # feature maps at 4x4
         c_dim: int,  # condition width (projection heads map to it)
         n_conditions: int,  # K projection heads
-        mbstd_group_size: int = 4,  # minibatch-std group (consecutive samples)
+        mbstd_group_size: int = 4,  # minibatch-std group size
         mbstd_num_channels: int = 1,  # minibatch-std channels
         conv_clamp: float | None = None,  # clamp the conv output to +-this (None: no clamp)
+        mbstd_grouping: str = "consecutive",  # MBSTD_GROUPINGS
     ):
         super().__init__()
         self.in_channels = in_channels
-        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
+        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels, mbstd_grouping)
         self.conv = Conv2dLayer(
             in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu", conv_clamp=conv_clamp
         )
@@ -520,6 +531,7 @@ class Discriminator(nn.Module):
         conv_clamp: float | None = None,  # clamp fromRGB and conv outputs to +-this (paper: 256; None: off)
         precision: str = "fp16",  # dtype of those resolutions: fp16 (paper), bf16, or fp32 (none reduced)
         projection: str = "per_sample",  # per_sample, or batch_sum (Lafite's; see the class docstring)
+        mbstd_grouping: str = "consecutive",  # consecutive, or strided (StyleGAN2-ADA's; MinibatchStdLayer)
     ):
         super().__init__()
         if projection not in PROJECTIONS:
@@ -541,7 +553,9 @@ class Discriminator(nn.Module):
                 in_channels, channels[res], channels[res // 2], res, img_channels, conv_clamp, dtypes[res]
             )
             setattr(self, f"b{res}", block)
-        self.b4 = DiscriminatorEpilogue(channels[4], c_dim, n_conditions, mbstd_group_size, conv_clamp=conv_clamp)
+        self.b4 = DiscriminatorEpilogue(
+            channels[4], c_dim, n_conditions, mbstd_group_size, conv_clamp=conv_clamp, mbstd_grouping=mbstd_grouping
+        )
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution], "Discriminator img")

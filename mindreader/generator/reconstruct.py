@@ -37,15 +37,36 @@ def latents(n: int, z_dim: int, z_policy: str, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
+# noise inputs of the reconstructions: G's learned constant maps, or (the fork's metrics) random
+# maps, drawn image by image from the seed so that an image does not depend on batching
+NOISE_MODES = ("const", "random")
+
+
+def noise_maps(G, count: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+    """Random noise maps of ``count`` images, image after image from ``generator``'s stream."""
+    shapes = G.synthesis.noise_shapes()
+    per_image = [{name: torch.randn(1, 1, res, res, generator=generator) for name, res in shapes.items()} for _ in range(count)]
+    return {name: torch.cat([maps[name] for maps in per_image]).to(device) for name in shapes}
+
+
 @torch.no_grad()
-def generate_images(G, c: torch.Tensor, z_policy: str, seed: int, device, batch_size: int = 64) -> np.ndarray:
+def generate_images(
+    G, c: torch.Tensor, z_policy: str, seed: int, device, batch_size: int = 64, noise_mode: str = "const"
+) -> np.ndarray:
     """uint8 (N, R, R, 3) images of G for conditions c (N, K, D), in the order of c."""
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode '{noise_mode}'; choose one of {NOISE_MODES}")
     z = latents(c.shape[0], G.z_dim, z_policy, seed)
+    noise_stream = torch.Generator().manual_seed(seed + 1)  # not z's stream
     was_training = G.training
     G.eval()
     out = []
     for start in range(0, c.shape[0], batch_size):
-        img = G(z[start : start + batch_size].to(device), c[start : start + batch_size].to(device), noise_mode="const")
+        zb, cb = z[start : start + batch_size].to(device), c[start : start + batch_size].to(device)
+        if noise_mode == "random":
+            img = G(zb, cb, noise=noise_maps(G, len(zb), noise_stream, device))
+        else:
+            img = G(zb, cb, noise_mode="const")
         out.append(to_uint8(img).permute(0, 2, 3, 1).cpu().numpy())
     G.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
@@ -111,6 +132,7 @@ def reconstruct(
     device,
     batch_size: int = 64,
     true_targets: Mapping[str, str | os.PathLike] | None = None,
+    noise_mode: str = "const",  # NOISE_MODES
 ) -> np.ndarray:
     """Write ``output_h5`` (images uint8 (N, R, R, 3), nsd_id (N,) in the test order of the
     predictions) and return the images. Conditions: the normalised predictions of each condition's
@@ -119,7 +141,7 @@ def reconstruct(
     G, meta = load_generator(run_folder)
     G.to(device)
     nsd_id, c = run_conditions(G, meta, pred_test_files, run_folder, true_targets)
-    images = generate_images(G, c, z_policy, seed, device, batch_size)
+    images = generate_images(G, c, z_policy, seed, device, batch_size, noise_mode)
     with atomic_path(output_h5) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("images", data=images, compression="gzip", chunks=(1, *images.shape[1:]))
@@ -127,7 +149,7 @@ def reconstruct(
             f.attrs["z_policy"] = z_policy
             f.attrs["seed"] = seed
             f.attrs["resolution"] = G.img_resolution
-            f.attrs["noise_mode"] = "const"
+            f.attrs["noise_mode"] = noise_mode
             f.attrs["conditions"] = ",".join(meta.get("conditions", []))
             f.attrs["source"] = "brain" if true_targets is None else "oracle"
     log.info("wrote %d reconstructions (%dx%d) to %s", len(images), G.img_resolution, G.img_resolution, output_h5)

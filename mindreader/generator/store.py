@@ -48,6 +48,7 @@ def architecture(arch: dict, c_dim: int, n_conditions: int, fusion: str) -> tupl
         "channel_max": arch["channel_max"],
         "mbstd_group_size": arch["mbstd_group_size"],
         "projection": arch["projection"],
+        "mbstd_grouping": arch["mbstd_grouping"],
         **precision,
     }
     return g_kwargs, d_kwargs
