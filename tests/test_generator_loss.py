@@ -230,3 +230,33 @@ def test_style_mixing_takes_a_random_latent_whatever_the_training_z(train_z):
     torch.testing.assert_close(ws[:, :cutoff], first[:, :cutoff])
     torch.testing.assert_close(ws[:, cutoff:], loss.G.mapping(z2)[:, cutoff:])
     assert not torch.allclose(ws[:, -1], first[:, -1])
+
+
+def test_lafites_batch_crop_is_one_integer_crop_resized_bicubic_or_a_white_pad(monkeypatch):
+    # itc_crop_mode per_batch, Lafite's full_preprocess written out: cut = randint(int(0.5 * side),
+    # side), left and top = randint(0, side - cut), the crop of every image resized bicubic; an
+    # image below CLIP's side padded with white at random offsets. Caught: per-sample crops.
+    from mindreader.generator.loss import batch_crop_resize
+
+    x = torch.rand(3, 3, 16, 16)
+    got = batch_crop_resize(x, 8, 0.5, StepRandom(0, 2, "Gmain", torch.device("cpu")))
+    again = StepRandom(0, 2, "Gmain", torch.device("cpu"))
+    cut = again.shared_integer(8, 16)
+    left, top = again.shared_integer(0, 16 - cut), again.shared_integer(0, 16 - cut)
+    crop = x[:, :, top : top + cut, left : left + cut]
+    torch.testing.assert_close(got, F.interpolate(crop, (8, 8), mode="bicubic", align_corners=False))
+    small = batch_crop_resize(x, 20, 0.5, StepRandom(0, 2, "Gmain", torch.device("cpu")))
+    again = StepRandom(0, 2, "Gmain", torch.device("cpu"))
+    left, top = again.shared_integer(0, 4), again.shared_integer(0, 4)
+    assert small.shape == (3, 3, 20, 20) and torch.equal(small[:, :, top : top + 16, left : left + 16], x)
+    assert (small.sum() - x.sum()).item() == pytest.approx(3 * 3 * (400 - 256))  # the pad is white
+    from mindreader.generator import loss as loss_module
+
+    calls = []
+    monkeypatch.setattr(loss_module, "batch_crop_resize", lambda *a: calls.append(a) or batch_crop_resize(*a))
+    loss, batch = loss_and_batch()
+    loss.cfg.crop_mode = "per_batch"
+    losses, terms = loss.g_main(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")))
+    assert torch.isfinite(losses["G"]) and "Loss/G/itc/0" in terms and len(calls) == 1
+    with pytest.raises(ValueError, match="itc crop mode"):
+        LossConfig(signal_weight=0.9, crop_mode="per_image")

@@ -70,6 +70,24 @@ def random_crop_resize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def batch_crop_resize(x: torch.Tensor, size: int, crop_min: float, rnd: StepRandom) -> torch.Tensor:
+    """Lafite's crop before CLIP: ONE square crop for the whole batch, of an integer side drawn
+    from [int(crop_min * side), side) at integer offsets, resized bicubic to size x size; images
+    smaller than size are padded with white (1) at random offsets instead, not resized."""
+    side = x.shape[-1]
+    if side < size:
+        left, top = rnd.shared_integer(0, size - side), rnd.shared_integer(0, size - side)
+        return F.pad(x, (left, size - side - left, top, size - side - top), value=1.0)
+    cut = rnd.shared_integer(int(crop_min * side), side)
+    left, top = rnd.shared_integer(0, side - cut), rnd.shared_integer(0, side - cut)
+    crop = x[:, :, top : top + cut, left : left + cut]
+    return F.interpolate(crop, (size, size), mode="bicubic", align_corners=False)
+
+
+# How fakes are cropped for CLIP: per sample (ours, random_crop_resize) or per batch (Lafite's).
+CROP_MODES = ("per_sample", "per_batch")
+
+
 @dataclass
 class LossConfig:
     """Weights and schedules of the objective (config/README.md, section generator)."""
@@ -81,6 +99,7 @@ class LossConfig:
     contrastive_lam: float = 0.0  # contra's weight of the row softmax (0: Lafite's softmax over images)
     crop_min: float = 0.5  # smallest crop side (fraction) before the CLIP encoder
     crop_max: float = 1.0  # largest crop side
+    crop_mode: str = "per_sample"  # CROP_MODES: per_sample, or per_batch (Lafite's; ignores crop_max)
     train_z: str = "random"  # latent z in training: random (standard normal) or zero
     style_mixing: float = 0.9  # probability of mixing two latents in a batch
     pl_style_mixing: bool = True  # style mixing in the path-length step too (StyleGAN2-ADA, Lafite)
@@ -104,6 +123,8 @@ class LossConfig:
             raise ValueError(
                 f"unknown mapper loss input '{self.mapper_loss_input}'; choose one of {MAPPER_LOSS_INPUTS}"
             )
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"unknown itc crop mode '{self.crop_mode}'; choose one of {CROP_MODES}")
         if not 0.0 <= self.contrastive_lam <= 1.0:
             raise ValueError(f"contrastive_lam must be in [0, 1], got {self.contrastive_lam}")
 
@@ -196,10 +217,13 @@ class LafiteLoss(nn.Module):
         loss_g = adv
         if self.encoder is not None and self.cfg.itc > 0:
             size = getattr(self.encoder, "image_size", img.shape[-1])
-            scale = self.cfg.crop_min + (self.cfg.crop_max - self.cfg.crop_min) * rnd.uniform((img.shape[0],))
-            crops = random_crop_resize(
-                (img + 1) / 2, scale.to(img.dtype), rnd.uniform((img.shape[0], 2)).to(img.dtype), size
-            )
+            if self.cfg.crop_mode == "per_batch":
+                crops = batch_crop_resize((img + 1) / 2, size, self.cfg.crop_min, rnd)
+            else:
+                scale = self.cfg.crop_min + (self.cfg.crop_max - self.cfg.crop_min) * rnd.uniform((img.shape[0],))
+                crops = random_crop_resize(
+                    (img + 1) / 2, scale.to(img.dtype), rnd.uniform((img.shape[0], 2)).to(img.dtype), size
+                )
             loss_g = loss_g + self.contrastive_terms(self.encoder(crops), c, self.cfg.itc, "Loss/G/itc", terms)
         if self.cfg.itd > 0:
             loss_g = loss_g + self.contrastive_terms(fts, c, self.cfg.itd, "Loss/G/itd", terms)

@@ -60,6 +60,7 @@ def loss_config(cfg: dict, signal_weight: float) -> LossConfig:
         contrastive_lam=cfg["contrastive_lam"],
         crop_min=cfg["itc_crop"][0],
         crop_max=cfg["itc_crop"][1],
+        crop_mode=cfg["itc_crop_mode"],
         train_z=cfg["train_z"],
         style_mixing=cfg["style_mixing"],
         pl_style_mixing=cfg["pl_style_mixing"],
