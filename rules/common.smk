@@ -439,6 +439,14 @@ def oracle_targets(w):
 # --- Evaluation and tables (rules/evaluate.smk) ------------------------------------------------
 
 EVAL = config["evaluation"]
+# What the battery's jobs (evaluate_run, score_external, comparison_metrics) read of the config:
+# not the figures' image count, nor the external entries (each job names its own).
+BATTERY_CONFIG = config_param(
+    "evaluation",
+    "clip",
+    "seed",
+    without=["evaluation.figure_images", "evaluation.external", *CLIP_TARGET_KEYS],
+)
 RUN_WILDCARDS = "{subject}/{mapper}/{loss}/{variant}/{strategy}"
 # Every run the tables use also reconstructed from the test images' true CLIP embeddings.
 ORACLE = EVAL["oracle"]
@@ -693,6 +701,9 @@ def comparison_rows():
     return list(rows.values())
 
 
+COMPARISON_ROWS = comparison_rows()
+
+
 def comparison_metrics_files():
     """The comparison table's and metric bars' rows on common images: only with external rows."""
     return [COMPARISON_METRICS] if EXTERNAL else []
@@ -757,7 +768,7 @@ def preflight_jobs():
     if EXTERNAL:
         # priced as if every row were scored again on the common images (the most it does)
         job = planned_job("comparison_metrics", {}, *evaluation)
-        job["scored_sets"] = len(comparison_rows()) + len(EXTERNAL)
+        job["scored_sets"] = len(COMPARISON_ROWS) + len(EXTERNAL)
         jobs.append(job)
     return jobs
 

@@ -49,16 +49,7 @@ rule evaluate_run:
         mem_mb=per_attempt(EVAL["mem_mb"]),
         runtime=per_attempt(EVAL["runtime"]),
     params:
-        config=config_param(
-            "evaluation",
-            "clip",
-            "seed",
-            without=[
-                "evaluation.figure_images",
-                "evaluation.external",
-                *CLIP_TARGET_KEYS,
-            ],
-        ),
+        config=BATTERY_CONFIG,
         predictions=evaluation_predictions,
         weights_present=weights_present(),
         data=data_description(),
@@ -138,16 +129,7 @@ rule score_external:
         runtime=per_attempt(EVAL["runtime"]),
     params:
         entry=lambda w: EXTERNAL[w.name],
-        config=config_param(
-            "evaluation",
-            "clip",
-            "seed",
-            without=[
-                "evaluation.figure_images",
-                "evaluation.external",
-                *CLIP_TARGET_KEYS,
-            ],
-        ),
+        config=BATTERY_CONFIG,
         weights_present=weights_present(),
     script:
         "../scripts/score_external.py"
@@ -157,15 +139,11 @@ rule score_external:
 # test images that every row has (a row whose own images are those keeps its metrics).
 rule comparison_metrics:
     input:
-        metrics=[row["metrics"] for row in comparison_rows()],
-        per_image=[row["per_image"] for row in comparison_rows()],
-        reconstructions=[row["reconstructions"] for row in comparison_rows()],
+        metrics=[row["metrics"] for row in COMPARISON_ROWS],
+        per_image=[row["per_image"] for row in COMPARISON_ROWS],
+        reconstructions=[row["reconstructions"] for row in COMPARISON_ROWS],
         predictions=sorted(
-            {
-                p
-                for row in comparison_rows()
-                for p in (row["predictions"] or {}).values()
-            }
+            {p for row in COMPARISON_ROWS for p in (row["predictions"] or {}).values()}
         ),
         external=expand(f"{EXTERNAL_DIR}/metrics.json", name=sorted(EXTERNAL)),
         external_files=[p for name in sorted(EXTERNAL) for p in external_files(name)],
@@ -185,21 +163,12 @@ rule comparison_metrics:
         mem_mb=per_attempt(EVAL["mem_mb"]),
         runtime=per_attempt(EVAL["runtime"]),
     params:
-        rows=comparison_rows(),
+        rows=COMPARISON_ROWS,
         external={
             name: {**EXTERNAL[name], "folder": EXTERNAL_DIR.format(name=name)}
             for name in sorted(EXTERNAL)
         },
-        config=config_param(
-            "evaluation",
-            "clip",
-            "seed",
-            without=[
-                "evaluation.figure_images",
-                "evaluation.external",
-                *CLIP_TARGET_KEYS,
-            ],
-        ),
+        config=BATTERY_CONFIG,
         weights_present=weights_present(),
     script:
         "../scripts/comparison_metrics.py"
