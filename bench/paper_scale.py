@@ -80,7 +80,7 @@ def unit_batches(config: dict, device: torch.device) -> dict[str, tuple[int, ...
     cpu = device.type == "cpu"
     out = {}
     for stage in (*scale.STAGES, "sg2ada"):
-        for phase in scale.PHASES + (("Gplain",) if stage == "pretrain" else ()):
+        for phase in scale.stage_phases(config, stage) + (("Gplain",) if stage == "pretrain" else ()):
             out[f"gen:{stage}:{phase}"] = (2, 4) if cpu else (paper[f"gen:{stage}:{phase}"],)
     for kind in ("cnn", "mlp"):
         out[f"mapper:{kind}"] = {"cnn": (8, 32), "mlp": (32, 128)}[kind] if cpu else (paper[f"mapper:{kind}"],)
@@ -277,11 +277,9 @@ def main() -> None:
     print(f"\n## Units at the rule's batch ({what}; projected: time per image x batch, memory a + b * batch)\n")
     print("\n".join(units_table(units)))
     if "gen:pretrain:Gmain" in units:
-        gen = config["generator"]
-        print(
-            f"\n## Generator step at batch {gen['batch']} (path length on {gen['batch'] // gen['pl_batch_shrink']} of them)\n"
-        )
-        print("\n".join(generator_table(units, gen)))
+        shrink = config["generator"]["pl_batch_shrink"]
+        print(f"\n## Generator step per process (path length on 1 of {shrink} of its samples)\n")
+        print("\n".join(generator_table(units, config)))
     needed = {
         "gen:pretrain:Gmain",
         "gen:finetune:Gmain",

@@ -3,10 +3,13 @@ invocation, and every cluster job, parses the rules: importing torch there cost 
 
 - ``VARIANTS`` / ``get_variant``: the generator's conditioning variants (ablation wildcard).
 - ``MAPPER_OUTPUT_FILES``: the files of one trained mapper's folder.
+- ``VIEW_DRAWS`` / ``check_view_draw``: how a mapper's training sample picks an augmented view.
 - ``ABLATION_TABLES`` / ``TABLE_NAMES``: the paper's tables.
 - ``RECONSTRUCTION_SOURCES`` / ``ORACLE_SUFFIX``: what a run's reconstructions are drawn from.
 - ``RUN_KEYS`` / ``run_key`` / ``EXTERNAL_PREFIX``: how a run, and another method's row, is named.
 - ``SCENE_STAGES`` / ``NO_MAPPER``: the sources (stages) of the information table.
+- ``PRETRAIN_OVERRIDES`` / ``stage_generator_config``: the generator settings a training stage
+  uses (pre-training may set its own batch, GPUs, R1 weight, EMA, x-flips, contrastive form, z).
 """
 
 from __future__ import annotations
@@ -54,6 +57,26 @@ def get_variant(name: str) -> Variant:
 
 MAPPER_OUTPUT_FILES = ("model.safetensors", "model.json", "curve.csv", "pred_test.h5", "pred_train.h5", "metrics.json")
 
+# mappers.train.view_draw: which of its image's K stored augmented views (clip.n_aug) a sample
+# reads in an epoch. random: one drawn with replacement; fresh: one it has not read in an earlier
+# epoch, as the original's fresh view at every read.
+VIEW_DRAWS = ("random", "fresh")
+
+
+def check_view_draw(train: Mapping, n_views: int) -> None:
+    """Fail unless the ``mappers.train`` section's view_draw can be met with ``n_views`` stored
+    views per image (clip.n_aug; 0: plain targets): fresh needs one per epoch, so that no view
+    is read twice by a sample. The workflow checks this when it parses the config, training again."""
+    if train["view_draw"] not in VIEW_DRAWS:
+        raise ValueError(f"mappers.train.view_draw must be one of {', '.join(VIEW_DRAWS)}, got {train['view_draw']!r}")
+    drawn = train["augmented_targets"] or train["augmented_validation"]
+    if train["view_draw"] == "fresh" and drawn and 0 < n_views < train["epochs"]:
+        raise ValueError(
+            f"mappers.train.view_draw 'fresh' gives each sample, in every epoch, an augmented view it has not read "
+            f"before: it needs clip.n_aug >= mappers.train.epochs, got clip.n_aug {n_views} < mappers.train.epochs "
+            f"{train['epochs']} (raise clip.n_aug, or use view_draw 'random', which draws with replacement)"
+        )
+
 # (table name, axis varied, what the table shows)
 ABLATION_TABLES = (
     ("conditioning", "variant", "Conditioning: image only, caption only, two-head (and others configured)"),
@@ -87,3 +110,19 @@ TRAINING_RULES = ("train_mapper", "pretrain_generator", "finetune_generator", "f
 # of the rows no mapper is involved in (clip).
 SCENE_STAGES = ("clip", "brain_embedding", "oracle", "brain")
 NO_MAPPER = "-"
+
+
+# Keys of generator.* that generator.pretrain may set for language-free pre-training alone (Lafite
+# pre-trained with its own batch, GPUs, R1 weight, EMA half-life, x-flips, contrastive form and
+# random z); null there: the shared key's value.
+PRETRAIN_OVERRIDES = ("batch", "gpus", "r1_gamma", "ema_kimg", "mirror", "contrastive_form", "train_z")
+
+
+def stage_generator_config(generator: Mapping, stage: str) -> dict:
+    """The generator section as ``stage`` trains with it: for pretrain, generator.pretrain's
+    non-null PRETRAIN_OVERRIDES replace the shared keys; fine-tuning and e2e use the shared keys."""
+    out = dict(generator)
+    if stage == "pretrain":
+        overrides = generator["pretrain"]
+        out.update({key: overrides[key] for key in PRETRAIN_OVERRIDES if overrides.get(key) is not None})
+    return out

@@ -130,7 +130,11 @@ def planned_units(config: Mapping[str, Any], jobs: list[Mapping[str, Any]]) -> l
     generator_jobs = [job for rule in GENERATOR_RULES for job in by_rule.get(rule, [])]
     if generator_jobs:  # every generator job asks for the same (generator.gpus, generator.threads)
         stages = ["pretrain", "finetune"] + (["e2e"] if "finetune_e2e" in by_rule else [])
-        out += [(f"gen:{stage}:{phase}", gen["batch"], generator_jobs[0]) for stage in stages for phase in scale.PHASES]
+        out += [
+            (f"gen:{stage}:{phase}", scale.process_batch(scale.stage_settings(config, stage)), generator_jobs[0])
+            for stage in stages
+            for phase in scale.stage_phases(config, stage)
+        ]
     seen = set()
     for job in by_rule.get("train_mapper", []):
         w = job["wildcards"]
@@ -244,7 +248,6 @@ def stage_summary(units: projection.Units, config: Mapping[str, Any]) -> dict[st
     """Per stage: its unit's seconds (a generator step with its lazy regularisers, a mapper step,
     a ridge fit, a batch) at the rule's batch, s/kimg of the generator stages, and peak memory (GPU
     where the units ran on one, else host RSS)."""
-    gen = config["generator"]
     out: dict[str, dict] = {}
     for unit in units.by_unit:
         stage = stage_of_unit(unit)
@@ -259,11 +262,14 @@ def stage_summary(units: projection.Units, config: Mapping[str, Any]) -> dict[st
     for stage, entry in out.items():
         if stage.startswith("generator"):
             name = entry["units"][0].split(":")[1]
-            entry["what"] = f"training step at batch {gen['batch']}, lazy regularisers at their intervals"
+            settings = scale.stage_settings(config, name)
+            entry["what"] = (
+                f"training step at batch {scale.process_batch(settings)} per process, lazy regularisers at their intervals"
+            )
             try:
                 entry.update(
-                    seconds=projection.generator_step(units, name, gen),
-                    s_per_kimg=projection.s_per_kimg(units, name, gen),
+                    seconds=projection.generator_step(units, name, settings),
+                    s_per_kimg=projection.s_per_kimg(units, name, settings),
                 )
             except KeyError as err:  # a phase failed: the errors say why
                 entry.update(seconds=None, missing=err.args[0])
@@ -325,7 +331,7 @@ def report_markdown(report: Mapping[str, Any], units: projection.Units | None, r
             "",
             "## Generator step (wall seconds per phase)",
             "",
-            *projection.generator_table(units, config["generator"]),
+            *projection.generator_table(units, config),
         ]
     if units is not None:
         lines += ["", "## Units", "", *projection.units_table(units)]

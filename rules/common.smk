@@ -17,7 +17,9 @@ from mindreader.names import (
     RUN_KEYS,
     TABLE_NAMES,
     VARIANTS,
+    check_view_draw,
     run_key,
+    stage_generator_config,
 )
 from mindreader.nsd.paths import (
     CAPTION_SPLITS,
@@ -303,6 +305,8 @@ def missing_weights_message(cfg):
 # --- Mappers (rules/mappers.smk) ---------------------------------------------------------------
 
 MAPPER_CFG = config["mappers"]
+# view_draw fresh needs clip.n_aug >= mappers.train.epochs: fail now, not after the embedding job.
+check_view_draw(MAPPER_CFG["train"], config["clip"]["n_aug"])
 MAPPER_DIR = "results/mappers/{subject}/{mapper}/{loss}/{target}"
 CLIP_TARGET_FILES = {"img": "results/clip/images.h5", "cap": "results/clip/captions.h5"}
 
@@ -325,6 +329,8 @@ def mapper_targets():
 # --- Generator (rules/generator.smk) -----------------------------------------------------------
 
 GEN = config["generator"]
+# pre-training's settings: generator.pretrain may set its own batch, GPUs, ...
+PRETRAIN_GEN = stage_generator_config(GEN, "pretrain")
 NETWORK_FILES = [
     "network.json",
     "G.safetensors",
@@ -748,7 +754,12 @@ def preflight_jobs():
     runs = evaluation_runs()
     generator = [GEN["threads"], GEN["gpus"]]
     if INIT_KIND == "pretrain" and any(run["strategy"] != "scratch" for run in runs):
-        pretrain = [*generator, GEN["pretrain"]["mem_mb"], GEN["pretrain"]["runtime"]]
+        pretrain = [
+            GEN["threads"],
+            PRETRAIN_GEN["gpus"],
+            GEN["pretrain"]["mem_mb"],
+            GEN["pretrain"]["runtime"],
+        ]
         jobs.append(planned_job("pretrain_generator", {}, *pretrain, training=True))
     finetune = [*generator, GEN["finetune"]["mem_mb"], GEN["finetune"]["runtime"]]
     rec = GEN["reconstruct"]

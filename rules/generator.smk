@@ -28,7 +28,7 @@ rule pretrain_generator:
         "../envs/torch.yaml"
     threads: GEN["threads"]
     resources:
-        gpu=GEN["gpus"],
+        gpu=PRETRAIN_GEN["gpus"],
         # all of a multi-GPU job's GPUs on one node (torchrun --standalone)
         nodes=1,
         mem_mb=GEN["pretrain"]["mem_mb"],

@@ -96,8 +96,12 @@ TINY_RUN = {
         "sample_kimg": 0.0,
         "log_steps": 1,
         "threads": 1,
-        "pretrain": {"kimg": 0.032},
+        # pre-training's own settings, as the paper config's (Lafite's recipe) uses them
+        "pretrain": {"kimg": 0.032, "batch": 4, "mirror": True, "contrastive_form": "exp", "train_z": "zero"},
         "finetune": {"kimg": 0.016},
+        # the paper config's end-to-end training (the demo runs ours): float64 mappers through the
+        # stage, their checkpoint and their written predictions
+        "e2e": {"perturb": "raw", "mapper_phase": "separate", "mapper_dtype": "float64"},
     },
     "evaluation": {"bootstrap": 100, "bootstrap_fd": 20, "threads": 1},
     "ablations": {

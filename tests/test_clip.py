@@ -201,6 +201,26 @@ def test_image_embeddings_with_augmented_views(saved_clip, tmp_path):
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_augmented_views_go_through_clip_a_batch_at_a_time_as_if_all_at_once(saved_clip, monkeypatch):
+    """K views of a batch of B images are embedded B at a time (a forward holds clip.batch_size
+    images whatever K: 256 x 40 at once was ~41 GB at the paper's sizes), drawn in the order they
+    had when all B * K went through at once: the same views, the same embeddings."""
+    clip = load_clip(saved_clip["cfg"])
+    images = np.random.default_rng(3).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    augmentation = augmenter(size=24, blur_kernel=5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        resized = augmentation.resize(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+        at_once = clip.encode_images(torch.stack([augmentation(image) for image in resized for _ in range(4)]))
+    forward_sizes = []
+    encode = clip.encode_images
+    monkeypatch.setattr(clip, "encode_images", lambda x: forward_sizes.append(len(x)) or encode(x))
+    torch.manual_seed(0)
+    emb = embed_image_batches(clip, [(np.arange(3), images)], 3, n_aug=4, augmentation=augmentation)
+    assert forward_sizes == [3, 3, 3, 3, 3]  # the plain images, then 12 views 3 at a time
+    np.testing.assert_allclose(emb["aug_raw"], at_once.numpy().reshape(3, 4, -1), rtol=1e-4, atol=1e-5)
+
+
 # --- target augmentation ------------------------------------------------------------------------
 
 # The original's get_img_trans as fmri_clip.py calls it, written out from its code.

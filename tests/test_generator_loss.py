@@ -28,6 +28,19 @@ def test_contra_against_direct_formula(lam):
     assert -0.01 < contra(torch.eye(5) * 3, torch.eye(5), 0.05, lam).item() <= 0
 
 
+def test_contra_exp_form_is_lafites_exp_of_the_scaled_cosine():
+    # contrastive_form exp, Lafite's loss.py: sim = exp(cos / T); log(softmax(sim)_ii * T), whose
+    # constant log T is left out. Caught: exp not applied, or applied to the cosine before scaling.
+    torch.manual_seed(2)
+    a, b, t = torch.randn(5, 7), torch.randn(5, 7), 0.5
+    sim = [[math.exp(F.cosine_similarity(a[i], b[j], dim=0).item() / t) for j in range(5)] for i in range(5)]
+    columns = sum(sim[j][j] - math.log(sum(math.exp(sim[i][j]) for i in range(5))) for j in range(5)) / 5
+    assert contra(a, b, t, 0.0, "exp").item() == pytest.approx(columns, abs=1e-5)
+    assert contra(a, b, t, 0.0, "exp").item() != pytest.approx(contra(a, b, t, 0.0).item(), abs=1e-3)
+    with pytest.raises(ValueError, match="form"):
+        contra(a, b, t, 0.0, "softmax")
+
+
 def test_contra_direction_matters_and_lam_is_checked():
     torch.manual_seed(1)
     a, b = torch.randn(6, 4), torch.randn(6, 4)
@@ -209,6 +222,62 @@ def test_end_to_end_avg_variant_conditions_on_the_mean_of_the_two_mappers():
     torch.testing.assert_close(pred, perturb(raw, 0.9, noise))
     losses, terms = loss.g_main(batch, StepRandom(0, 1, "Gmain", torch.device("cpu")))
     assert {"G", "M"} == set(losses) and "Loss/M/mse/1" in terms
+
+
+def test_end_to_end_raw_perturbation_mixes_the_noise_into_the_mappers_raw_outputs():
+    # e2e.perturb raw, the fork's loss.py: txt = mapper(fmri); e = randn / |randn|;
+    # txt_ = (1 - 0.1) * txt + 0.1 * e; txt_ /= |txt_|. Caught: the predictions normalised first.
+    loss, batch = e2e_loss(n_conditions=2)
+    loss.cfg.mapper_perturb = "raw"
+    c, pred = loss.conditions(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")), detach_mappers=False)
+    raw = torch.stack([m(batch["betas"]) for m in loss.mappers], dim=1)
+    noise = StepRandom(0, 0, "Gmain", torch.device("cpu")).normal((4, 2, 12))
+    mixed = 0.9 * raw + 0.1 * noise / noise.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(c, mixed / mixed.norm(dim=-1, keepdim=True))
+    assert torch.equal(pred, c)
+    assert not torch.allclose(c, perturb(raw, 0.9, noise), atol=1e-3)
+
+
+def test_end_to_end_float64_mappers_predict_perturb_and_score_in_float64():
+    # e2e.mapper_dtype float64 (the fork's fmri_vec.to(torch.double)): the betas reach the mappers
+    # in float64, noise and perturbation follow, G sees the conditions in float32. Caught: the
+    # betas left in float32 (a float64 Linear refuses them) or the conditions handed to G in float64.
+    loss, batch = e2e_loss(n_conditions=2)
+    loss.mappers.double()
+    c, pred = loss.conditions(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")), detach_mappers=False)
+    assert pred.dtype == torch.float64 and c.dtype == torch.float32
+    raw = torch.stack([m(batch["betas"].double()) for m in loss.mappers], dim=1)
+    noise = StepRandom(0, 0, "Gmain", torch.device("cpu")).normal((4, 2, 12)).double()
+    torch.testing.assert_close(pred, perturb(raw, 0.9, noise))
+    losses, terms = loss.g_main(batch, StepRandom(0, 1, "Gmain", torch.device("cpu")))
+    assert losses["M"].dtype == torch.float64 and torch.isfinite(losses["M"])
+
+
+def test_separate_mapper_phase_is_the_forks_mapper_objective_on_a_forward_of_its_own():
+    # e2e.mapper_phase separate, the fork's Mmain: G's main phase trains G alone; the mappers'
+    # phase draws its own conditions, runs G and D again and returns
+    # 0.1 * softplus(-D(G(c))) + sum_k 0.2 * MSE + 0.3 * (1 - cos) - 0.5 * contra, with contra
+    # log softmax over the column of the similarity matrix (lam 0). Caught: the mapper loss left
+    # in G's phase, the adversarial term dropped, a sign of the contrastive term flipped.
+    loss, batch = e2e_loss(n_conditions=2)
+    loss.cfg.mapper_phase = "separate"
+    assert set(loss.g_main(batch, StepRandom(0, 0, "Gmain", torch.device("cpu")))[0]) == {"G"}
+    losses, terms = loss.m_main(batch, StepRandom(0, 0, "Mmain", torch.device("cpu")))
+    assert set(losses) == {"M"} and "Loss/M/contra/1" in terms
+    again = StepRandom(0, 0, "Mmain", torch.device("cpu"))
+    raw = torch.stack([m(batch["betas"]) for m in loss.mappers], dim=1)
+    noise = again.normal((4, 2, 12))
+    mixed = 0.9 * F.normalize(raw, dim=-1) + 0.1 * F.normalize(noise, dim=-1)
+    c = mixed / mixed.norm(dim=-1, keepdim=True)
+    img, _ = loss.generate(c, again)
+    expected = 0.1 * F.softplus(-loss.D(img, c)[0]).mean()
+    for k in range(2):
+        p, t = c[:, k], batch["target"][:, k]
+        sim = F.normalize(p, dim=1) @ F.normalize(t, dim=1).t() / 0.5
+        column = (sim.diagonal() - sim.exp().sum(dim=0).log()).mean()
+        cos = (p * t).sum(dim=1) / (p.norm(dim=1) * t.norm(dim=1))
+        expected = expected + 0.2 * (p - t).square().mean() + 0.3 * (1 - cos.mean()) - 0.5 * column
+    torch.testing.assert_close(losses["M"], expected)
 
 
 @pytest.mark.parametrize("train_z", ["random", "zero"])

@@ -197,29 +197,64 @@ def test_checkpoint_of_another_job_is_ignored(tmp_path):
     assert other.step == 0
 
 
-def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path):
+def e2e_trainer(tmp_path, mapper_phase="joint", dtype=torch.float32):
     data = tiny_set()
     torch.manual_seed(2)
     data.betas, data.target = torch.randn(len(data), 20), torch.nn.functional.normalize(
         torch.randn(len(data), 2, 12), dim=-1
     )
     data.cond = None
-    mappers = torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2))
-    before = [p.clone() for p in mappers.parameters()]
+    mappers = torch.nn.ModuleList(torch.nn.Linear(20, 12) for _ in range(2)).to(dtype)
     cfg = TrainConfig(kimg=0.008, batch=4, checkpoint_kimg=0, log_steps=1, seed=3)
-    trainer = Trainer(
+    return Trainer(
         tiny_G(n_conditions=2),
         tiny_D(n_conditions=2),
         data,
-        LossConfig(signal_weight=0.9, pl_interval=2),
+        LossConfig(signal_weight=0.9, pl_interval=2, mapper_phase=mapper_phase),
         cfg,
         tmp_path / "ckpt",
         torch.device("cpu"),
         mappers=mappers,
     )
+
+
+@pytest.mark.parametrize("mapper_phase, dtype", [("joint", torch.float32), ("separate", torch.float64)])
+def test_end_to_end_trains_the_mappers_with_the_gan(tmp_path, mapper_phase, dtype):
+    trainer = e2e_trainer(tmp_path, mapper_phase, dtype)
+    before = [p.clone() for p in trainer.mappers.parameters()]
     result = trainer.train()
     assert {"Loss/M/mse/0", "Loss/M/contra/1", "Loss/M/total"} <= set(result.rows[0])
     assert all(not torch.equal(a, b) for a, b in zip(before, result.mappers.parameters()))
+    assert all(p.dtype == dtype for p in result.mappers.parameters())
+
+
+def test_separate_mapper_phase_steps_after_D_with_the_updated_G_and_D(tmp_path):
+    # The fork's phase order G, D, M: the mappers' forward sees G and D as their phases of this
+    # step left them, and only the mappers step in it. Caught: Mmain placed before Dmain, or the
+    # mappers also stepped in G's main phase.
+    trainer = e2e_trainer(tmp_path, "separate")
+    assert [p.name for p in trainer.phases] == ["Gmain", "Greg", "Dmain", "Dreg", "Mmain"]
+    assert set(trainer.phases[0].optimizers) == {"G"}
+    seen = {}
+    m_main = trainer.loss.m_main
+
+    def recording(batch, rnd):
+        seen["G"] = [p.detach().clone() for p in trainer.G.parameters()]
+        seen["D"] = [p.detach().clone() for p in trainer.D.parameters()]
+        seen["M"] = [p.detach().clone() for p in trainer.mappers.parameters()]
+        return m_main(batch, rnd)
+
+    trainer.phases[-1].fn = recording
+    G0 = [p.detach().clone() for p in trainer.G.parameters()]
+    D0 = [p.detach().clone() for p in trainer.D.parameters()]
+    M0 = [p.detach().clone() for p in trainer.mappers.parameters()]
+    trainer.train_step(0)
+    assert any(not torch.equal(a, b) for a, b in zip(G0, seen["G"]))
+    assert any(not torch.equal(a, b) for a, b in zip(D0, seen["D"]))
+    assert all(torch.equal(a, b) for a, b in zip(M0, seen["M"]))
+    assert all(torch.equal(a, b) for a, b in zip(seen["G"], trainer.G.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(seen["D"], trainer.D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(M0, trainer.mappers.parameters()))
 
 
 def test_end_to_end_mappers_get_Gs_optimiser_with_the_lazy_regularisation_adjustment(tmp_path):
@@ -241,6 +276,62 @@ def test_end_to_end_mappers_get_Gs_optimiser_with_the_lazy_regularisation_adjust
     assert group["betas"] == pytest.approx((0.0, 0.99 ** (10 / 11)))
 
 
+def test_mirror_flips_each_real_image_left_right_by_the_steps_draw(tmp_path):
+    # x-flips (StyleGAN2-ADA's --mirror, Lafite's pre-training): image i of a step is mirrored
+    # where StepRandom(seed, step, "mirror") drew 1 for it; its condition is not. Caught: no
+    # flip, a flip of the height axis, or flips drawn from another stream.
+    from mindreader.generator.distributed import StepRandom
+
+    data = tiny_set()
+    data.images = torch.randint(0, 256, data.images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    flip = torch.tensor([True, False, True, False])
+    batch = data.batch(torch.arange(4), torch.device("cpu"), flip)
+    plain = data.batch(torch.arange(4), torch.device("cpu"))
+    torch.testing.assert_close(batch["real"][0], plain["real"][0].flip(-1))
+    torch.testing.assert_close(batch["real"][1], plain["real"][1])
+    assert torch.equal(batch["cond"], plain["cond"])
+    trainer = make_trainer(tmp_path / "ckpt")
+    trainer.data = data
+    trainer.cfg.mirror = True
+    seen = []
+    batch_of = data.batch
+    data.batch = lambda indices, device, flip=None: seen.append((indices, flip)) or batch_of(indices, device, flip)
+    trainer.train_step(5)
+    indices, flip = seen[0]
+    assert torch.equal(flip, StepRandom(3, 5, "mirror", torch.device("cpu")).integers(2, 4) == 1)
+    assert torch.equal(indices, StepRandom(3, 5, "data", torch.device("cpu")).integers(len(data), 4))
+
+
+def test_pretraining_takes_its_own_settings_and_fine_tuning_the_shared_ones():
+    # generator.pretrain's overrides (names.PRETRAIN_OVERRIDES) apply to pre-training only; null
+    # keeps the shared key; pre-training's R1 heuristic uses its own batch. Caught: an override
+    # leaking into fine-tuning, or null overriding the shared value.
+    from mindreader.generator.stages import r1_gamma
+    from mindreader.names import stage_generator_config
+
+    overrides = {"batch": 64, "gpus": 4, "r1_gamma": None, "ema_kimg": 20.0, "mirror": True}
+    overrides.update(contrastive_form="exp", train_z="random")
+    shared = {
+        "batch": 16,
+        "gpus": 1,
+        "r1_gamma": None,
+        "resolution": 256,
+        "ema_kimg": 5.0,
+        "mirror": False,
+        "contrastive_form": "cos",
+        "train_z": "zero",
+        "pretrain": overrides,
+    }
+    pre, fine = stage_generator_config(shared, "pretrain"), stage_generator_config(shared, "finetune")
+    assert (pre["batch"], pre["gpus"], pre["ema_kimg"], pre["mirror"]) == (64, 4, 20.0, True)
+    assert (pre["contrastive_form"], pre["train_z"]) == ("exp", "random")
+    assert fine == shared and stage_generator_config(shared, "e2e") == shared
+    assert r1_gamma(pre) == pytest.approx(0.0002 * 256**2 / 64) and r1_gamma(fine) == pytest.approx(0.8192)
+    overrides.update(r1_gamma=10.0, mirror=None)
+    pre = stage_generator_config(shared, "pretrain")
+    assert r1_gamma(pre) == 10.0 and pre["mirror"] is False
+
+
 def test_ema_ramps_up_only_when_training_starts_from_random_weights():
     cfg = {
         "batch": 16,
@@ -253,6 +344,7 @@ def test_ema_ramps_up_only_when_training_starts_from_random_weights():
         "sample_images": 5,
         "log_steps": 1,
         "max_nonfinite_steps": 10,
+        "mirror": False,
         "e2e": {"mapper_lr": None, "mapper_betas": None, "mapper_lazy_interval": 10},
     }
     assert train_config(cfg, 1.0, 0, initialised=False).ema_rampup == 0.05

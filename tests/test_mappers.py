@@ -36,8 +36,9 @@ from mindreader.mappers.cnn import voxel_order_index
 from mindreader.mappers.data import read_clip_targets, validation_mask
 from mindreader.mappers.models import architecture
 from mindreader.mappers.pipeline import run_mapper
+from mindreader.mappers import train as mapper_training
 from mindreader.mappers.train import train_network
-from mindreader.names import MAPPER_OUTPUT_FILES
+from mindreader.names import MAPPER_OUTPUT_FILES, check_view_draw
 
 torch.set_num_threads(1)
 CFG = tiny_config()["mappers"]
@@ -443,6 +444,114 @@ def test_validation_targets_are_augmented_as_the_original_validates(tmp_path):
             pred = model.eval()(torch.from_numpy(betas[val])).numpy()
         direct = ((pred - expected_target[(np.arange(48) % 16)[val]]) ** 2).mean()
         assert result.curve[0]["val_loss"] == pytest.approx(direct, rel=1e-5)
+
+
+# --- augmented views (mappers.train.view_draw) ----------------------------------------------------
+
+N_VIEW_SAMPLES, N_VIEW_VAL = 8, 2  # each sample its own image; the last two validate
+
+
+def views_read(monkeypatch, tmp_path, view_draw="fresh", n_views=4, epochs=4, seed=3, checkpoint_every=1000):
+    """A tiny mlp trained on 8 samples (6 in batches of 4, 2 validating) whose image i has the views
+    (i, k), k < n_views, as targets: returns (training reads, validation reads, TrainResult), each
+    read an (image, view) pair in the order the targets reached the loss."""
+    rng = np.random.default_rng(0)
+    betas = rng.standard_normal((N_VIEW_SAMPLES, 10)).astype(np.float32)
+    images = np.arange(N_VIEW_SAMPLES)
+    aug = np.stack(np.meshgrid(images, np.arange(n_views), indexing="ij"), axis=-1).astype(np.float32)
+    plain = np.stack([images, -np.ones(N_VIEW_SAMPLES)], axis=1).astype(np.float32)
+    train_reads, val_reads = [], []
+
+    def recording_loss(loss, pred, target, cfg):
+        reads = train_reads if torch.is_grad_enabled() else val_reads
+        reads += [tuple(row) for row in target.detach().round().long().tolist()]
+        return mapper_loss(loss, pred, target, cfg)
+
+    monkeypatch.setattr(mapper_training, "mapper_loss", recording_loss)
+    cfg = {**CFG, "mlp": TINY_MLP,
+           "train": {**CFG["train"], "epochs": epochs, "batch_size_plain": 4, "checkpoint_every": checkpoint_every,
+                     "view_draw": view_draw}}
+    torch.manual_seed(0)
+    model = build_mapper("mlp", 10, 2, cfg)
+    val = images >= N_VIEW_SAMPLES - N_VIEW_VAL
+    result = train_network(model, betas, plain, aug, images, val, "mse", cfg, seed, torch.device("cpu"),
+                           tmp_path / "ckpt", {"test": 1}, progress=False)
+    return train_reads, val_reads, result
+
+
+def views_by_epoch(reads, per_epoch):
+    """int (epochs, samples): the view each image read in each epoch, from reads in epoch order."""
+    out = np.full((len(reads) // per_epoch, N_VIEW_SAMPLES), -1)
+    for n, (image, view) in enumerate(reads):
+        out[n // per_epoch, image] = view
+    return out
+
+
+def test_fresh_views_give_every_sample_a_new_view_in_every_epoch(monkeypatch, tmp_path):
+    """K = epochs = 4: each sample, training and validating, reads each of its image's views once."""
+    train_reads, val_reads, _ = views_read(monkeypatch, tmp_path)
+    training = views_by_epoch(train_reads, N_VIEW_SAMPLES - N_VIEW_VAL)
+    validation = views_by_epoch(val_reads, N_VIEW_VAL)
+    assert training.shape == validation.shape == (4, N_VIEW_SAMPLES)
+    for sample in range(N_VIEW_SAMPLES):
+        reads = validation if sample >= N_VIEW_SAMPLES - N_VIEW_VAL else training
+        assert sorted(reads[:, sample]) == [0, 1, 2, 3], f"sample {sample} read views {reads[:, sample]}"
+    assert len({tuple(training[:, sample]) for sample in range(N_VIEW_SAMPLES - N_VIEW_VAL)}) > 1  # each its own order
+
+
+def test_fresh_views_follow_the_seed(monkeypatch, tmp_path):
+    """The same seed reads the same views in the same order; another seed other views (compared
+    per sample and epoch: the data order changes with the seed anyway)."""
+    first = views_read(monkeypatch, tmp_path / "a")[:2]
+    assert views_read(monkeypatch, tmp_path / "b")[:2] == first
+    other = views_read(monkeypatch, tmp_path / "c", seed=4)[0]
+    assert not np.array_equal(views_by_epoch(other, 6), views_by_epoch(first[0], 6))
+
+
+def test_fresh_views_resume_mid_epoch_with_the_same_draws(monkeypatch, tmp_path):
+    """2 steps an epoch: the last checkpoint (step 5) is after the first batch of epoch 3; the
+    rerun that resumes from it reads what the uninterrupted run read from there on, and ends with
+    its weights."""
+    ref_train, ref_val, reference = views_read(monkeypatch, tmp_path / "reference")
+    views_read(monkeypatch, tmp_path / "resumed", checkpoint_every=5)
+    assert load_checkpoint(tmp_path / "resumed" / "ckpt")[1]["step"] == 5
+    train_reads, val_reads, resumed = views_read(monkeypatch, tmp_path / "resumed", checkpoint_every=5)
+    assert train_reads == ref_train[16:] and len(train_reads) == 8  # steps 6-8: 2 + 4 + 2 samples
+    assert val_reads == ref_val[4:]  # the validations of epochs 3 and 4
+    assert all(torch.equal(reference.state_dict[k], resumed.state_dict[k]) for k in reference.state_dict)
+    assert resumed.curve == reference.curve
+
+
+def test_fresh_views_need_a_stored_view_per_epoch(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"needs clip.n_aug >= mappers.train.epochs, got clip.n_aug 3 < "
+                                         r"mappers.train.epochs 4"):
+        views_read(monkeypatch, tmp_path, n_views=3, epochs=4)
+
+
+@pytest.mark.parametrize(
+    "train, n_views",
+    [({}, 0), ({"augmented_targets": False, "augmented_validation": False}, 3), ({"epochs": 3}, 3), ({}, 5)],
+    ids=["no views", "views not read", "a view per epoch", "more views than epochs"],
+)
+def test_fresh_views_are_checked_only_where_views_are_read(train, n_views):
+    check_view_draw({**CFG["train"], "view_draw": "fresh", "epochs": 4, **train}, n_views)
+    with pytest.raises(ValueError, match="view_draw must be one of random, fresh, got 'cycle'"):
+        check_view_draw({**CFG["train"], "view_draw": "cycle", **train}, n_views)
+
+
+def test_random_views_are_drawn_with_replacement_from_the_epochs_stream(monkeypatch, tmp_path):
+    """view_draw random as before: epoch e's generator default_rng([seed, e]) gives the data order,
+    then a view per training sample in that order, then one per validation sample; 2 views for 4
+    epochs is allowed."""
+    train_reads, val_reads, _ = views_read(monkeypatch, tmp_path, view_draw="random", n_views=2, seed=5)
+    train_idx, val_idx = np.arange(N_VIEW_SAMPLES - N_VIEW_VAL), np.arange(N_VIEW_SAMPLES - N_VIEW_VAL, N_VIEW_SAMPLES)
+    expected_train, expected_val = [], []
+    for epoch in range(4):
+        rng = np.random.default_rng([5, epoch])
+        order = rng.permutation(train_idx)
+        expected_train += list(zip(order.tolist(), rng.integers(2, size=len(order)).tolist()))
+        expected_val += list(zip(val_idx.tolist(), rng.integers(2, size=len(val_idx)).tolist()))
+    assert train_reads == expected_train and val_reads == expected_val
 
 
 # --- SIGTERM and resume -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ once with the CUDA versions; the jobs it prices are the ones the workflow plans,
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -141,10 +142,13 @@ def test_preflight_prices_the_jobs_the_workflow_plans(tmp_path):
     jobs = workflow._rules["preflight"].params.jobs
     ours = {(job["rule"], tuple(sorted(job["wildcards"].items()))): job["resources"] for job in jobs}
     assert ours == planned
+    # pre-training asks for its own GPUs (generator.pretrain.gpus: Lafite's 4), fine-tuning for one
+    asks = {rule: res["gpu"] for (rule, _), res in planned.items()}
+    assert asks["pretrain_generator"] == 4 and asks["finetune_generator"] == 1
     retries = {rule.name: int(rule._restart_times or 0) for rule in workflow.rules}
     for job in jobs:
         assert job["attempts"] == (retries[job["rule"]] + 1 if job["rule"] in TRAINING_RULES else 1), job
-    assert max(job["attempts"] for job in jobs) == 4  # pre-training: 5760 minutes in 1440-minute jobs
+    assert max(job["attempts"] for job in jobs) == 5  # pre-training: 7200 minutes in 1440-minute jobs
     assert workflow._rules["preflight"].resources["gpu"].value == 1
 
 
@@ -174,11 +178,48 @@ def test_a_stage_that_fails_is_an_error_and_the_others_still_run(tmp_path, monke
     outputs = {name: tmp_path / f"{name}.json" for name in ("json", "md", "kept")}
     assert preflight.run(config, jobs, [], 0, outputs) == 1
     report = json.loads(outputs["kept"].read_text())
+    # pre-training's units at its own batch (the tiny config's generator.pretrain.batch 4)
     assert [error.split(" failed: ")[0] for error in report["errors"]] == [
-        "gen:pretrain:Dmain at batch 8 on cpu",
+        "gen:pretrain:Dmain at batch 4 on cpu",
         "gen:finetune:Dmain at batch 8 on cpu",
     ]
     rows = {row["kind"]: row for row in report["projection"]["rows"]}
     assert rows["pretrain_generator"]["hours"] is None and "gen:pretrain:Dmain" in rows["pretrain_generator"]["how"]
     assert rows["train_mapper ridge"]["hours"] > 0 and report["stages"]["mapper ridge"]["seconds"] > 0
     assert report["stages"]["generator pre-training"]["seconds"] is None
+
+
+def test_pre_training_on_several_gpus_is_priced_at_its_own_batch_and_shared_by_its_gpus():
+    # generator.pretrain batch 64 on 4 GPUs (Lafite's recipe): each process steps at 16, so a step
+    # costs what the units give at 16; kimg / 64 steps; StyleGAN2-ADA's V100 s/kimg times our
+    # per-image ratio, divided over the 4 GPUs; every torchrun process holds its networks and data.
+    # Caught: the global batch taken as the per-process one, or the GPUs not sharing the work.
+    import yaml
+    from conftest import REPO, deep_update
+
+    from mindreader.scale.project import Units, job_cost
+    from mindreader.scale.units import PHASES, SG2ADA_V100_S_PER_KIMG, rule_batches
+
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    pretrain = {"kimg": 100, "batch": 64, "gpus": 4, "r1_gamma": 10.0}
+    paper = deep_update(paper, {"generator": {"batch": 16, "gpus": 1, "pretrain": pretrain}})
+    per_image = {"pretrain": 2.0, "sg2ada": 1.0}  # seconds of each phase per image
+    records = [
+        {"unit": f"gen:{stage}:{phase}", "batch": b, "wall_s": per_image[stage] * b}
+        | {"rss_before_gb": 0.9 + b / 1000, "rss_peak_gb": 1 + b / 100}
+        for stage in per_image
+        for phase in PHASES
+        for b in (2, 4)
+    ]
+    batches = rule_batches(paper)
+    assert batches["gen:pretrain:Gmain"] == 16 and batches["gen:finetune:Gmain"] == 16
+    units = Units(records, batches, "wall_s")
+    job = {"rule": "pretrain_generator", "wildcards": {}, "resources": {"gpu": 4}}
+    cost = job_cost(job, paper, units)
+    gen = paper["generator"]
+    step = 2.0 * 16 * (2 + 1 / gen["pl_interval"] + 1 / gen["r1_interval"])
+    assert cost["seconds"] == pytest.approx(math.ceil(100 * 1000 / 64) * step)
+    assert cost["v100_seconds"] == pytest.approx(100 * sum(SG2ADA_V100_S_PER_KIMG) / 2 * 2.0 / 4)
+    one_gpu = job_cost(job, deep_update(paper, {"generator": {"pretrain": {"batch": 16, "gpus": 1}}}), units)
+    assert cost["host_gb"] == pytest.approx(4 * one_gpu["host_gb"]) and "on 4 GPUs" in cost["source"]
+    assert one_gpu["v100_seconds"] == pytest.approx(4 * cost["v100_seconds"])

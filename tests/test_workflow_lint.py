@@ -144,6 +144,16 @@ def test_demo_config_dry_run(tmp_path):
     assert "rule all:" in result.stdout or "all " in result.stdout
 
 
+def test_fresh_views_with_fewer_views_than_epochs_fail_when_the_workflow_is_parsed(tmp_path):
+    """mappers.train.view_draw fresh with clip.n_aug < epochs stops the run before any job (the
+    embedding job would otherwise run for hours first)."""
+    config = tiny_config(clip={"n_aug": 3}, mappers={"train": {"view_draw": "fresh", "epochs": 4}})
+    result = run_snakemake(tmp_path, [], config, "--dry-run", "--workflow-profile", "none", check=False)
+    assert result.returncode != 0
+    expected = "needs clip.n_aug >= mappers.train.epochs, got clip.n_aug 3 < mappers.train.epochs 4"
+    assert expected in result.stdout + result.stderr
+
+
 def write_nsd_tree(root: Path, subjects: list[str], sessions: int) -> None:
     """Empty files at every NSD path the workflow reads: a dry run checks names, not contents."""
     relpaths = [EXPDESIGN_RELPATH, STIM_INFO_RELPATH, STIMULI_RELPATH]

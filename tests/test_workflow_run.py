@@ -139,7 +139,8 @@ def test_generator_runs(tiny_run):
         test_ids = f["test/nsd_id"][()]
     side = CONFIG["generator"]["resolution"]
     pretrained = read_json(tiny_run / "results/generator/pretrained/network.json")
-    assert pretrained["conditions"] == ["img"] and pretrained["steps"] == 4
+    # pre-training's own batch (4: 8 steps for 0.032 kimg) and z; fine-tuning the shared ones
+    assert pretrained["conditions"] == ["img"] and pretrained["steps"] == 8 and pretrained["train_z"] == "zero"
     for (variant, strategy), (conditions, heads) in GENERATOR_RUNS.items():
         with h5py.File(tiny_run / f"results/reconstructions/{MAIN}/{variant}/{strategy}.h5") as f:
             assert f["images"].shape == (len(test_ids), side, side, 3) and f["images"].dtype == np.uint8
@@ -150,6 +151,7 @@ def test_generator_runs(tiny_run):
         run = tiny_run / f"results/generator/{MAIN}/{variant}/{strategy}"
         network = read_json(run / "network.json")
         assert network["conditions"] == conditions and network["init"] == ("pretrain" if strategy != "scratch" else None)
+        assert network["train_z"] == "random" and network["kimg"] == CONFIG["generator"]["finetune"]["kimg"]
         assert network["generator"]["n_conditions"] == network["discriminator"]["n_conditions"] == heads
         with open(run / "losses.csv") as f:
             rows = list(csv.DictReader(f))

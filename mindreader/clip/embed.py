@@ -151,11 +151,18 @@ def embed_image_batches(
 def _embed_augmented(
     clip: FrozenClip, images: torch.Tensor, augmentation: TargetAugmentation, n_aug: int
 ) -> np.ndarray:
-    """(B, K, D) embeddings of K random views of each float image (B, 3, H, W) (parameters drawn per view)."""
+    """(B, K, D) embeddings of K random views of each float image (B, 3, H, W) (parameters drawn per view).
+
+    The B * K views are made and embedded B at a time, in image-major order: a CLIP forward holds
+    the batch's B images whatever K (all B * K at once needed ~41 GB at the paper's 256 x 40), and
+    the views are drawn in the same order as when they were made all at once."""
     resized = augmentation.resize(images)
-    views = torch.stack([augmentation(image) for image in resized for _ in range(n_aug)])  # (B * K, 3, size, size)
-    emb = clip.encode_images(views).float().cpu().numpy()
-    return emb.reshape(len(images), n_aug, -1)
+    n = len(images)
+    emb = []
+    for start in range(0, n * n_aug, n):
+        views = torch.stack([augmentation(resized[view // n_aug]) for view in range(start, min(start + n, n * n_aug))])
+        emb.append(clip.encode_images(views).float().cpu().numpy())
+    return np.concatenate(emb).reshape(n, n_aug, -1)
 
 
 def write_image_embeddings(

@@ -13,7 +13,22 @@ import torch.nn.functional as F
 
 from mindreader.names import VARIANTS, Variant, get_variant
 
-__all__ = ["VARIANTS", "Variant", "combine_targets", "expand_conditions", "get_variant", "perturb"]
+__all__ = [
+    "VARIANTS",
+    "Variant",
+    "combine_targets",
+    "expand_conditions",
+    "get_variant",
+    "mapper_predictions",
+    "perturb",
+]
+
+
+def mapper_predictions(mappers: torch.nn.ModuleList, betas: torch.Tensor) -> torch.Tensor:
+    """(B, M, D): each mapper's prediction from betas (B, V), computed in the mappers' own dtype
+    (float64 end to end, as the fork keeps its mappers)."""
+    x = betas.to(next(mappers.parameters()).dtype)
+    return torch.stack([m(x) for m in mappers], dim=1)
 
 
 def combine_targets(pred: torch.Tensor, n_conditions: int) -> torch.Tensor:
@@ -29,8 +44,10 @@ def combine_targets(pred: torch.Tensor, n_conditions: int) -> torch.Tensor:
     raise ValueError(f"{pred.shape[1]} embeddings per sample cannot condition a {n_conditions}-condition generator")
 
 
-def perturb(c: torch.Tensor, signal_weight: float, noise: torch.Tensor) -> torch.Tensor:
-    """Lafite's perturbation normalize(a * normalize(c) + (1 - a) * e), e = normalize(noise).
+def perturb(c: torch.Tensor, signal_weight: float, noise: torch.Tensor, normalize_input: bool = True) -> torch.Tensor:
+    """Lafite's perturbation normalize(a * normalize(c) + (1 - a) * e), e = normalize(noise);
+    with ``normalize_input`` False, normalize(a * c + (1 - a) * e): the noise mixed into c as it
+    is (the fork's end-to-end training, on the mappers' raw outputs).
 
     a = 0.25 for language-free pre-training on image embeddings, 0.9 for text-like conditions
     (captions, mapped embeddings). ``noise`` is standard normal of c's shape (the caller draws it,
@@ -39,7 +56,8 @@ def perturb(c: torch.Tensor, signal_weight: float, noise: torch.Tensor) -> torch
     if not 0.0 <= signal_weight <= 1.0:
         raise ValueError(f"perturbation signal weight must be in [0, 1], got {signal_weight}")
     e = F.normalize(noise, dim=-1)
-    return F.normalize(signal_weight * F.normalize(c, dim=-1) + (1.0 - signal_weight) * e, dim=-1)
+    signal = F.normalize(c, dim=-1) if normalize_input else c
+    return F.normalize(signal_weight * signal + (1.0 - signal_weight) * e, dim=-1)
 
 
 _BRANCH = re.compile(r"^(.*\.branches)\.(\d+)\.(.*)$")

@@ -38,9 +38,16 @@ class TrainingSet:
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
 
-    def batch(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        """The samples ``indices`` as the loss expects them; real images in [-1, 1]."""
-        out = {"real": self.images[self.image_index[indices]].to(device).float() / 127.5 - 1}
+    def batch(
+        self, indices: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The samples ``indices`` as the loss expects them; real images in [-1, 1], mirrored
+        left-right where ``flip`` (bool, one per sample) is true; their conditions unchanged (as
+        StyleGAN2-ADA's x-flipped dataset, with Lafite's features, gives them)."""
+        real = self.images[self.image_index[indices]]
+        if flip is not None:
+            real = torch.where(flip.view(-1, 1, 1, 1), real.flip(-1), real)
+        out = {"real": real.to(device).float() / 127.5 - 1}
         for name in ("cond", "betas", "target"):
             value = getattr(self, name)
             if value is not None:

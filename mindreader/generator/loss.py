@@ -22,22 +22,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindreader.generator.conditioning import combine_targets, perturb
+from mindreader.generator.conditioning import combine_targets, mapper_predictions, perturb
 from mindreader.generator.distributed import StepRandom, all_reduce_mean, gather_with_grad, rank_and_world
 
 Z_POLICIES = ("random", "zero")
 MAPPER_LOSS_INPUTS = ("perturbed", "raw")
+# End to end, what the perturbation's noise is mixed into: the normalised predictions (ours) or
+# the mappers' raw outputs (the fork's).
+PERTURB_INPUTS = ("normalized", "raw")
+# End to end, where the mappers step: in G's main phase on its forward (joint, ours), or in a phase
+# of their own after D's, on a forward of their own (separate, the fork's).
+MAPPER_PHASES = ("joint", "separate")
 
 
-def contra(a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float) -> torch.Tensor:
+# The similarity inside contra's softmax: cos / temperature (the fork's) or exp(cos / temperature)
+# (Lafite's released code, which trained its language-free model with it).
+CONTRASTIVE_FORMS = ("cos", "exp")
+
+
+def contra(a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float, form: str = "cos") -> torch.Tensor:
     """Lafite's contra_loss: lam * mean log-softmax diagonal over each row of sim (a_i against
-    every b_j) + (1 - lam) * over each column (b_j against every a_i), sim = cos(a, b) / temperature.
-    Lafite's constant log(temperature) offset is left out (it has no gradient)."""
+    every b_j) + (1 - lam) * over each column (b_j against every a_i), sim = cos(a, b) / temperature
+    (form cos) or exp(cos(a, b) / temperature) (form exp). Lafite's constant log(temperature)
+    offset is left out (it has no gradient)."""
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"contra: expected two (N, D) tensors of one shape, got {list(a.shape)} and {list(b.shape)}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"contra: lam must be in [0, 1], got {lam}")
+    if form not in CONTRASTIVE_FORMS:
+        raise ValueError(f"contra: unknown form '{form}'; choose one of {CONTRASTIVE_FORMS}")
     sim = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
+    if form == "exp":
+        sim = sim.exp()
     value = sim.new_zeros([])
     if lam > 0:
         value = value + lam * F.log_softmax(sim, dim=1).diagonal().mean()
@@ -47,10 +63,10 @@ def contra(a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float) -> 
 
 
 def global_contra(
-    a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float
+    a: torch.Tensor, b: torch.Tensor, temperature: float, lam: float, form: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(value, value scaled for backward): contra over the batch gathered from every rank."""
-    value = contra(gather_with_grad(a), gather_with_grad(b), temperature, lam)
+    value = contra(gather_with_grad(a), gather_with_grad(b), temperature, lam, form)
     return value, value * rank_and_world()[1]
 
 
@@ -97,6 +113,7 @@ class LossConfig:
     itd: float = 10.0  # weight of contra(D_fts(x), c), split evenly over the K conditions
     temperature: float = 0.5  # temperature of the contrastive terms
     contrastive_lam: float = 0.0  # contra's weight of the row softmax (0: Lafite's softmax over images)
+    contrastive_form: str = "cos"  # CONTRASTIVE_FORMS: sim = cos / T, or exp(cos / T) (Lafite's code)
     crop_min: float = 0.5  # smallest crop side (fraction) before the CLIP encoder
     crop_max: float = 1.0  # largest crop side
     crop_mode: str = "per_sample"  # CROP_MODES: per_sample, or per_batch (Lafite's; ignores crop_max)
@@ -115,6 +132,8 @@ class LossConfig:
     mapper_adv: float = 0.1  # ... of softplus(-D(G(z, pred)))
     mapper_loss_input: str = "perturbed"  # the mapper loss reads the perturbed, normalised predictions
     # that G sees (the original) or the raw ones
+    mapper_perturb: str = "normalized"  # PERTURB_INPUTS: the noise mixed into normalised or raw predictions
+    mapper_phase: str = "joint"  # MAPPER_PHASES: the mappers step in G's main phase or in their own
 
     def __post_init__(self):
         if self.train_z not in Z_POLICIES:
@@ -123,8 +142,14 @@ class LossConfig:
             raise ValueError(
                 f"unknown mapper loss input '{self.mapper_loss_input}'; choose one of {MAPPER_LOSS_INPUTS}"
             )
+        if self.mapper_perturb not in PERTURB_INPUTS:
+            raise ValueError(f"unknown mapper perturbation input '{self.mapper_perturb}'; choose one of {PERTURB_INPUTS}")
+        if self.mapper_phase not in MAPPER_PHASES:
+            raise ValueError(f"unknown mapper phase '{self.mapper_phase}'; choose one of {MAPPER_PHASES}")
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"unknown itc crop mode '{self.crop_mode}'; choose one of {CROP_MODES}")
+        if self.contrastive_form not in CONTRASTIVE_FORMS:
+            raise ValueError(f"unknown contrastive form '{self.contrastive_form}'; choose one of {CONTRASTIVE_FORMS}")
         if not 0.0 <= self.contrastive_lam <= 1.0:
             raise ValueError(f"contrastive_lam must be in [0, 1], got {self.contrastive_lam}")
 
@@ -157,23 +182,27 @@ class LafiteLoss(nn.Module):
     def conditions(
         self, batch: dict, rnd: StepRandom, detach_mappers: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Perturbed conditions (B, K, D) for this phase and, end to end, the mappers' predictions
-        (B, M, D) as the mapper loss reads them (perturbed and normalised as G sees them, or raw)."""
+        """Perturbed conditions (B, K, D, float32) for this phase and, end to end, the mappers'
+        predictions (B, M, D, in the mappers' dtype) as the mapper loss reads them (perturbed and
+        normalised as G sees them, or raw)."""
         signal = self.cfg.signal_weight
         if self.mappers is None:
             bank = batch["cond"]  # (B, A, K, D): A alternative embeddings (augmentations) per sample
             pick = rnd.integers(bank.shape[1], bank.shape[0])
             source = bank[torch.arange(bank.shape[0], device=bank.device), pick]
             return perturb(source, signal, rnd.normal(tuple(source.shape)).to(source.dtype)), None
-        pred = torch.stack([m(batch["betas"]) for m in self.mappers], dim=1)
+        pred = mapper_predictions(self.mappers, batch["betas"])
         if detach_mappers:
             pred = pred.detach()
         noise = rnd.normal(tuple(pred.shape)).to(pred.dtype)
         n = self.G.n_conditions
-        c = perturb(combine_targets(pred, n), signal, noise[:, :n])
+        normalize_input = self.cfg.mapper_perturb == "normalized"
+        c = perturb(combine_targets(pred, n), signal, noise[:, :n], normalize_input)
         if self.cfg.mapper_loss_input == "raw":
-            return c, pred
-        return c, (c if n == pred.shape[1] else perturb(pred, signal, noise))
+            seen = pred
+        else:
+            seen = c if n == pred.shape[1] else perturb(pred, signal, noise, normalize_input)
+        return c.float(), seen
 
     def latents(self, batch_size: int, rnd: StepRandom) -> torch.Tensor:
         """The main latent: standard normal, or (train_z zero, the fork's training) zero."""
@@ -202,14 +231,16 @@ class LafiteLoss(nn.Module):
         total = 0.0
         for k in range(K):
             f = feats[:, k] if feats.ndim == 3 else feats
-            value, for_backward = global_contra(f, c[:, k], self.cfg.temperature, self.cfg.contrastive_lam)
+            value, for_backward = global_contra(
+                f, c[:, k], self.cfg.temperature, self.cfg.contrastive_lam, self.cfg.contrastive_form
+            )
             terms[f"{name}/{k}"] = value.detach()
             total = total - weight / K * for_backward
         return total
 
     # --- phases ---------------------------------------------------------------------------
     def g_main(self, batch: dict, rnd: StepRandom) -> tuple[dict, dict]:
-        c, pred = self.conditions(batch, rnd, detach_mappers=False)
+        c, pred = self.conditions(batch, rnd, detach_mappers=self.cfg.mapper_phase != "joint")
         img, _ = self.generate(c, rnd)
         logits, fts = self.D(img, c)
         adv = F.softplus(-logits).mean()
@@ -229,18 +260,31 @@ class LafiteLoss(nn.Module):
             loss_g = loss_g + self.contrastive_terms(fts, c, self.cfg.itd, "Loss/G/itd", terms)
         terms["Loss/G/total"] = loss_g.detach()
         losses = {"G": loss_g}
-        if pred is not None:
+        if pred is not None and self.cfg.mapper_phase == "joint":
             losses["M"] = self.mapper_loss(pred, batch["target"], adv, terms)
         return losses, terms
 
+    def m_main(self, batch: dict, rnd: StepRandom) -> tuple[dict, dict]:
+        """The mappers' own phase (mapper_phase separate, the fork's): after D's step, a forward of
+        their own through G and D, and the mapper objective; only the mappers step."""
+        c, pred = self.conditions(batch, rnd, detach_mappers=False)
+        img, _ = self.generate(c, rnd)
+        logits, _ = self.D(img, c)
+        terms = {}
+        return {"M": self.mapper_loss(pred, batch["target"], F.softplus(-logits).mean(), terms)}, terms
+
     def mapper_loss(self, pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, terms: dict) -> torch.Tensor:
-        """Mind Reader's end-to-end mapper objective, summed over the mappers; ``pred`` (B, M, D)."""
+        """Mind Reader's end-to-end mapper objective, summed over the mappers; ``pred`` (B, M, D),
+        computed in its dtype."""
         cfg = self.cfg
+        target = target.to(pred.dtype)
         total = cfg.mapper_adv * adv
         for k in range(pred.shape[1]):
             mse = F.mse_loss(pred[:, k], target[:, k])
             cos = F.cosine_similarity(pred[:, k], target[:, k], dim=1).mean()
-            value, for_backward = global_contra(pred[:, k], target[:, k], cfg.temperature, cfg.contrastive_lam)
+            value, for_backward = global_contra(
+                pred[:, k], target[:, k], cfg.temperature, cfg.contrastive_lam, cfg.contrastive_form
+            )
             terms.update(
                 {f"Loss/M/mse/{k}": mse.detach(), f"Loss/M/cos/{k}": cos.detach(), f"Loss/M/contra/{k}": value.detach()}
             )

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mindreader.generator.conditioning import combine_targets
+from mindreader.generator.conditioning import combine_targets, mapper_predictions
 from mindreader.generator.data import TrainingSet
 from mindreader.generator.reconstruct import generate_images, write_png
 
@@ -31,7 +31,7 @@ def save_grid(
     idx = torch.arange(n)
     if mappers is not None:
         mappers.eval()
-        c = combine_targets(torch.stack([m(data.betas[idx].to(device)) for m in mappers], dim=1), G.n_conditions)
+        c = combine_targets(mapper_predictions(mappers, data.betas[idx].to(device)), G.n_conditions).float()
         mappers.train()
     else:
         c = data.cond[idx, 0].to(device)

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from mindreader.generator.conditioning import expand_conditions, get_variant
+from mindreader.generator.conditioning import expand_conditions, get_variant, mapper_predictions
 from mindreader.generator.data import end_to_end_set, finetuning_set, pretraining_set, read_betas, read_rows
 from mindreader.generator.distributed import rank_and_world
 from mindreader.generator.loss import LossConfig
@@ -30,10 +30,13 @@ from mindreader.generator.networks import Discriminator, Generator
 from mindreader.generator.store import architecture, load_networks, save_networks
 from mindreader.generator.training import TrainConfig, Trainer, set_seed_for_init
 from mindreader.io import atomic_path
+from mindreader.names import stage_generator_config
 
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune", "e2e")
+# dtype of the mappers trained end to end (float64: the fork's).
+MAPPER_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Test predictions of the mappers trained end to end, written into the run folder.
 E2E_PREDICTIONS = "e2e_pred_test.h5"
 
@@ -58,6 +61,7 @@ def loss_config(cfg: dict, signal_weight: float) -> LossConfig:
         itd=cfg["itd"],
         temperature=cfg["temperature"],
         contrastive_lam=cfg["contrastive_lam"],
+        contrastive_form=cfg["contrastive_form"],
         crop_min=cfg["itc_crop"][0],
         crop_max=cfg["itc_crop"][1],
         crop_mode=cfg["itc_crop_mode"],
@@ -75,6 +79,8 @@ def loss_config(cfg: dict, signal_weight: float) -> LossConfig:
         mapper_contra=e2e["contra"],
         mapper_adv=e2e["adv"],
         mapper_loss_input=e2e["loss_input"],
+        mapper_perturb=e2e["perturb"],
+        mapper_phase=e2e["mapper_phase"],
     )
 
 
@@ -97,6 +103,7 @@ def train_config(cfg: dict, kimg: float, seed: int, initialised: bool) -> TrainC
         sample_images=cfg["sample_images"],
         log_steps=cfg["log_steps"],
         max_nonfinite_steps=cfg["max_nonfinite_steps"],
+        mirror=cfg["mirror"],
         seed=seed,
     )
 
@@ -192,7 +199,7 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
     """Run one stage end to end; rank 0 writes the outputs. Returns what network.json holds."""
     if job["stage"] not in STAGES:
         raise ValueError(f"unknown generator stage '{job['stage']}'; choose one of {STAGES}")
-    cfg, seed = job["generator"], job["seed"]
+    cfg, seed = stage_generator_config(job["generator"], job["stage"]), job["seed"]
     res = cfg["resolution"]
     mappers = None
     G_ema = None
@@ -214,7 +221,9 @@ def run(job: dict, device: torch.device, callback=None) -> dict:
 
             data = end_to_end_set(job["nsd_root"], job["prepared"], job["targets"], res)
             c_dim = data.target.shape[-1]
-            mappers = torch.nn.ModuleList(load_mapper(folder) for folder in job["mapper_folders"])
+            mappers = torch.nn.ModuleList(load_mapper(folder) for folder in job["mapper_folders"]).to(
+                MAPPER_DTYPES[cfg["e2e"]["mapper_dtype"]]
+            )
         if job.get("pretrained"):
             G, G_ema, D, g_kwargs, d_kwargs = from_pretrained(
                 job["pretrained"], cfg, c_dim, variant.n_conditions, fusion, seed
@@ -266,16 +275,14 @@ def write_e2e_predictions(out: Path, mappers, job: dict, device: torch.device) -
     target (N, K, D) in the prepared file's test order, attrs conditions."""
     nsd_id, betas = read_betas(job["prepared"], "test")
     mappers.eval()
-    preds = []
-    for mapper in mappers:
-        chunks = [
-            mapper(torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu() for i in range(0, len(betas), 256)
-        ]
-        preds.append(torch.cat(chunks).numpy())
+    chunks = [
+        mapper_predictions(mappers, torch.from_numpy(betas[i : i + 256]).to(device)).float().cpu()
+        for i in range(0, len(betas), 256)
+    ]
     truth = [read_rows(path, nsd_id, ("target",))["target"] for path in job["targets"]]
     with atomic_path(out / E2E_PREDICTIONS) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("nsd_id", data=nsd_id.astype(np.int64))
-            f.create_dataset("pred", data=np.stack(preds, axis=1).astype(np.float32))
+            f.create_dataset("pred", data=torch.cat(chunks).numpy())
             f.create_dataset("target", data=np.stack(truth, axis=1))
             f.attrs["conditions"] = ",".join(get_variant(job["variant"]).targets)

@@ -64,6 +64,7 @@ class TrainConfig:
     sample_images: int = 8  # training images (columns) of a sample grid
     log_steps: int = 10  # one row of losses.csv per this many steps
     max_nonfinite_steps: int = 10  # fail after a phase's gradients are non-finite this many times in a row
+    mirror: bool = False  # x-flips: each real image mirrored left-right with probability 1/2 per read
     seed: int = 0  # seed of every random draw of the loop
 
     def __post_init__(self):
@@ -163,13 +164,16 @@ class Trainer:
             if self.mappers is not None
             else None
         )
-        g_main_opts = {"G": self.opt_G, **({"M": self.opt_M} if self.opt_M is not None else {})}
+        joint = self.opt_M is not None and loss_cfg.mapper_phase == "joint"
+        g_main_opts = {"G": self.opt_G, **({"M": self.opt_M} if joint else {})}
         self.phases = [
             Phase("Gmain", 1, self.loss.g_main, g_main_opts),
             Phase("Greg", loss_cfg.pl_interval, self.loss.g_pl, {"G": self.opt_G}),
             Phase("Dmain", 1, self.loss.d_main, {"D": self.opt_D}),
             Phase("Dreg", loss_cfg.r1_interval, self.loss.d_r1, {"D": self.opt_D}),
         ]
+        if self.opt_M is not None and not joint:
+            self.phases.append(Phase("Mmain", 1, self.loss.m_main, {"M": self.opt_M}))
         if loss_cfg.pl_weight <= 0:
             self.phases = [p for p in self.phases if p.name != "Greg"]
         if loss_cfg.r1_gamma <= 0:
@@ -244,7 +248,10 @@ class Trainer:
         indices = StepRandom(self.cfg.seed, step, "data", torch.device("cpu")).integers(
             len(self.data), self.local_batch
         )
-        batch = self.data.batch(indices, self.device)
+        flip = None
+        if self.cfg.mirror:
+            flip = StepRandom(self.cfg.seed, step, "mirror", torch.device("cpu")).integers(2, self.local_batch) == 1
+        batch = self.data.batch(indices, self.device, flip)
         terms = {}
         for phase in self.phases:
             if step % phase.interval == 0:

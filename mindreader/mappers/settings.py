@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int  # optimiser steps between checkpoints (one is also written on SIGTERM)
     augmented_targets: bool  # draw one of the CLIP file's augmented targets per sample and epoch
     augmented_validation: bool  # validate against augmented targets too, drawn per epoch, as the original does
+    view_draw: str  # random: a stored view drawn with replacement | fresh: one not read in an earlier epoch
 
 
 @dataclass(frozen=True)

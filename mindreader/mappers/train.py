@@ -2,8 +2,10 @@
 weights, and checkpoints that make an interrupted run end exactly where an uninterrupted one would.
 
 The data order of epoch e is a permutation drawn from ``default_rng([seed, e])``, and so is the
-choice of augmented target per training (and validation) sample, so a resumed run recomputes them
-instead of storing them; the torch RNG (dropout) and the optimiser state are stored in the checkpoint.
+choice of augmented target per training (and validation) sample with view_draw random; with fresh,
+each sample reads its views in an order drawn once from the seed (fresh_view_order). A resumed run
+recomputes them instead of storing them; the torch RNG (dropout) and the optimiser state are stored
+in the checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mindreader.checkpoint import (
 )
 from mindreader.mappers.losses import mapper_loss, uses_contrastive
 from mindreader.mappers.settings import TrainConfig, read_section
+from mindreader.names import check_view_draw
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,15 @@ def _draw_views(rng: np.random.Generator, views: torch.Tensor | None, n: int, de
     return torch.from_numpy(rng.integers(views.shape[1], size=n)).to(device) if views is not None else None
 
 
+def fresh_view_order(seed: int, n_samples: int, n_views: int) -> np.ndarray:
+    """int (n_samples, n_views): row i a permutation of the K views, the order in which sample i
+    reads them with view_draw fresh (epoch e: column e), so no sample reads a view twice in K
+    epochs. Drawn once from a child of the seed's SeedSequence, a stream apart from the epochs'
+    [seed, e], so a resumed run recomputes it."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    return rng.permuted(np.tile(np.arange(n_views), (n_samples, 1)), axis=1)
+
+
 class _Checkpointer:
     """Saves and restores model, optimiser, RNG, best weights and TrainState in one folder."""
 
@@ -152,13 +164,18 @@ def train_network(
     if rows.shape != (betas.shape[0],) or val.shape != rows.shape:
         raise ValueError(f"train_network: betas {betas.shape}, rows {rows.shape} and val {val.shape} disagree")
     batch_size = tc.batch_size if uses_contrastive(loss) else tc.batch_size_plain
-    x = torch.from_numpy(np.ascontiguousarray(betas)).to(device)
-    y = torch.from_numpy(np.ascontiguousarray(target_table)).to(device)
     use_aug = aug_table is not None and (tc.augmented_targets or tc.augmented_validation)
-    y_aug = torch.from_numpy(aug_table).to(device) if use_aug else None
+    check_view_draw(cfg["train"], aug_table.shape[1] if use_aug else 0)
+    # only the samples' images go to the device: the CLIP file holds every subject's stimuli
+    images, image_of_sample = np.unique(rows, return_inverse=True)
+    x = torch.from_numpy(np.ascontiguousarray(betas)).to(device)
+    y = torch.from_numpy(np.ascontiguousarray(target_table[images])).to(device)
+    y_aug = torch.from_numpy(aug_table[images]).to(device) if use_aug else None
     train_aug = y_aug if tc.augmented_targets else None
     val_aug = y_aug if tc.augmented_validation else None
-    row_of = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
+    fresh = use_aug and tc.view_draw == "fresh"
+    fresh_views = fresh_view_order(seed, len(betas), aug_table.shape[1]) if fresh else None
+    row_of = torch.from_numpy(image_of_sample.astype(np.int64)).to(device)
     train_idx = np.flatnonzero(~val)
     val_idx = torch.from_numpy(np.flatnonzero(val)).to(device)
     if len(train_idx) == 0:
@@ -180,8 +197,12 @@ def train_network(
             lr = set_epoch_lr(optimizer, tc, epoch, resumed_mid_epoch=state.batch > 0)
             rng = np.random.default_rng([seed, epoch])
             order = torch.from_numpy(rng.permutation(train_idx)).to(device)
-            pick = _draw_views(rng, train_aug, len(order), device)
-            val_pick = _draw_views(rng, val_aug, len(val_idx), device)
+            if fresh_views is None:
+                pick = _draw_views(rng, train_aug, len(order), device)
+                val_pick = _draw_views(rng, val_aug, len(val_idx), device)
+            else:  # validation reads fresh views too, as the original's split of one augmented dataset
+                views = torch.from_numpy(fresh_views[:, epoch]).to(device)
+                pick, val_pick = views[order], views[val_idx]
             n_batches = -(-len(order) // batch_size)
             model.train()
             for b in range(state.batch, n_batches):

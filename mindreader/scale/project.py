@@ -21,12 +21,15 @@ from mindreader.names import TRAINING_RULES
 from mindreader.scale.units import (
     FID_DIM,
     GB,
+    MAPPER_PHASE,
     PHASES,
     SG2ADA_V100_S_PER_KIMG,
     STAGES,
     clip_embed_dim,
     data_sizes,
     evaluation_networks,
+    process_batch,
+    stage_settings,
 )
 
 STAGE_OF_RULE = {
@@ -124,25 +127,42 @@ class Units:
         return fit(self.by_unit[unit], self.time_key, self.batches[unit])[1]
 
     def phases(self, stage: str) -> list[str]:
-        return [phase for phase in PHASES if f"gen:{stage}:{phase}" in self]
+        return [phase for phase in (*PHASES, MAPPER_PHASE) if f"gen:{stage}:{phase}" in self]
 
 
-def generator_step(units: Units, stage: str, gen: Mapping[str, Any], lazy: bool = True) -> float:
-    """Seconds of one training step of ``stage``: every phase at its interval."""
-    seconds = units.seconds(f"gen:{stage}:Gmain") + units.seconds(f"gen:{stage}:Dmain")
+def generator_step(
+    units: Units, stage: str, gen: Mapping[str, Any], lazy: bool = True, batch: int | None = None
+) -> float:
+    """Seconds of one training step of ``stage``'s units, each process at ``batch`` (None: the
+    units' own): every phase at its interval."""
+    seconds = units.seconds(f"gen:{stage}:Gmain", batch) + units.seconds(f"gen:{stage}:Dmain", batch)
+    if f"gen:{stage}:{MAPPER_PHASE}" in units:
+        seconds += units.seconds(f"gen:{stage}:{MAPPER_PHASE}", batch)
     if lazy:
         for phase, interval in (("Greg", gen["pl_interval"]), ("Dreg", gen["r1_interval"])):
             if f"gen:{stage}:{phase}" in units:
-                seconds += units.seconds(f"gen:{stage}:{phase}") / interval
+                seconds += units.seconds(f"gen:{stage}:{phase}", batch) / interval
     return seconds
 
 
 def s_per_kimg(units: Units, stage: str, gen: Mapping[str, Any]) -> float:
+    """Wall seconds per kimg of ``stage`` with ``gen`` its settings (stage_settings): a step of
+    the global batch, each of its GPUs running its share."""
     return generator_step(units, stage, gen) * 1000 / gen["batch"]
 
 
-def generator_peak(units: Units, stage: str, host: bool) -> float:
-    return max((units.host if host else units.memory)(f"gen:{stage}:{phase}") for phase in units.phases(stage))
+def v100_ratio(units: Units, stage: str, ours: Mapping[str, Any], plain: Mapping[str, Any]) -> float:
+    """Our per-image cost of ``stage`` (settings ``ours``) over the plain StyleGAN2's (``plain``),
+    each on one device at its process batch."""
+    batch, plain_batch = process_batch(ours), process_batch(plain)
+    per_image = generator_step(units, stage, ours, batch=batch) / batch
+    return per_image / (generator_step(units, "sg2ada", plain, batch=plain_batch) / plain_batch)
+
+
+def generator_peak(units: Units, stage: str, host: bool, batch: int | None = None) -> float:
+    return max(
+        (units.host if host else units.memory)(f"gen:{stage}:{phase}", batch) for phase in units.phases(stage)
+    )
 
 
 def job_cost(job: Mapping[str, Any], config: Mapping[str, Any], units: Units) -> dict:
@@ -185,16 +205,22 @@ def job_cost(job: Mapping[str, Any], config: Mapping[str, Any], units: Units) ->
             data_gb = sizes["train_images"] * image_gb + sizes["train_trials"] * k * embedding_gb
             if stage == "e2e":
                 data_gb += sizes["train_trials"] * betas_gb
-        steps = math.ceil(kimg * 1000 / gen["batch"])
+        # a one-condition fine-tuning runs pre-training's networks at fine-tuning's settings
+        settings = stage_settings(config, "pretrain" if rule == "pretrain_generator" else "finetune")
+        processes = max(int(settings["gpus"]), 1)  # torchrun: each holds its networks and the data
+        batch = process_batch(settings)
+        steps = math.ceil(kimg * 1000 / settings["batch"])
         out = {
-            "seconds": steps * generator_step(units, stage, gen),
-            "host_gb": max(host(f"gen:{stage}:{phase}") for phase in units.phases(stage)) + data_gb,
-            "device_gb": generator_peak(units, stage, False),
-            "source": f"gen:{stage}:* x {steps} steps",
+            "seconds": steps * generator_step(units, stage, settings, batch=batch),
+            "host_gb": (max(host(f"gen:{stage}:{phase}", batch) for phase in units.phases(stage)) + data_gb)
+            * processes,
+            "device_gb": generator_peak(units, stage, False, batch),
+            "source": f"gen:{stage}:* x {steps} steps" + (f" on {processes} GPUs" if processes > 1 else ""),
         }
         if "gen:sg2ada:Gmain" in units:
-            ratio = generator_step(units, stage, gen) / generator_step(units, "sg2ada", gen)
-            out["v100_seconds"] = kimg * np.mean(SG2ADA_V100_S_PER_KIMG) * ratio
+            # StyleGAN2-ADA's V100 s/kimg per image, times our ratio, shared by the job's GPUs
+            ratio = v100_ratio(units, stage, settings, stage_settings(config, "sg2ada"))
+            out["v100_seconds"] = kimg * np.mean(SG2ADA_V100_S_PER_KIMG) * ratio / processes
         return out
     if rule == "train_mapper":
         if w["mapper"] == "ridge":
@@ -213,10 +239,13 @@ def job_cost(job: Mapping[str, Any], config: Mapping[str, Any], units: Units) ->
         step = units.seconds(unit, batch)
         # validation: forward only, a third of a training step's work
         seconds = train["epochs"] * (math.ceil(n_fit / batch) + math.ceil(sizes["val_trials"] / batch) / 3) * step
+        # the betas, and the training images' targets and views; the host also holds the CLIP
+        # file's whole table (every subject's stimuli), of which train_network moves those rows
         data_gb = (sizes["train_trials"] + test) * betas_gb + sizes["train_images"] * (1 + n_aug) * embedding_gb
+        clip_file_gb = sizes["stimuli"] * (1 + n_aug) * embedding_gb
         return {
             "seconds": seconds,
-            "host_gb": host(unit, batch) + data_gb,
+            "host_gb": host(unit, batch) + data_gb + clip_file_gb,
             "device_gb": units.memory(unit, batch) + data_gb,
             "source": f"{unit} at batch {batch}",
         }
@@ -410,34 +439,42 @@ def units_table(units: Units) -> list[str]:
     return lines
 
 
-def generator_table(units: Units, gen: Mapping[str, Any]) -> list[str]:
+def generator_table(units: Units, config: Mapping[str, Any]) -> list[str]:
     """A generator step per stage: its phases, the step with and without the lazy regularisers,
-    s/kimg (and a V100 projection where the plain StyleGAN2 step was measured), peak memory."""
-    batch = gen["batch"]
-    plain = generator_step(units, "sg2ada", gen) if "gen:sg2ada:Gmain" in units else None
+    s/kimg on its GPUs (and a one-V100 projection where the plain StyleGAN2 step was measured),
+    peak memory."""
+    gen = config["generator"]
+    plain = stage_settings(config, "sg2ada")
     lines = [
-        f"| stage | G main (of it: contrastive terms) | path length / {gen['pl_interval']} | D main | R1 / {gen['r1_interval']} "
-        "| step without / with lazy regs | s/kimg | V100 s/kimg (projected) | peak memory GB per phase |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| stage | batch (per process x processes) | G main (of it: contrastive terms) | path length / {gen['pl_interval']} "
+        f"| D main | R1 / {gen['r1_interval']} | mappers' phase | step without / with lazy regs | s/kimg | "
+        "V100 s/kimg, one GPU (projected) | peak memory GB per phase |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for stage in (*STAGES, "sg2ada"):
         if f"gen:{stage}:Gmain" not in units or f"gen:{stage}:Dmain" not in units:
             continue
+        settings = stage_settings(config, stage)
         s = {
             phase: units.seconds(f"gen:{stage}:{phase}") if f"gen:{stage}:{phase}" in units else None
-            for phase in PHASES
+            for phase in (*PHASES, MAPPER_PHASE)
         }
         contrastive = ""
         if f"gen:{stage}:Gplain" in units:
             contrastive = f" ({s['Gmain'] - units.seconds(f'gen:{stage}:Gplain'):.1f})"
-        step = generator_step(units, stage, gen)
-        v100 = f"{np.mean(SG2ADA_V100_S_PER_KIMG) * step / plain:.1f}" if plain else "-"
+        step = generator_step(units, stage, settings)
+        v100 = "-"
+        if "gen:sg2ada:Gmain" in units:
+            v100 = f"{np.mean(SG2ADA_V100_S_PER_KIMG) * v100_ratio(units, stage, settings, plain):.1f}"
         greg = _number(s["Greg"] / gen["pl_interval"] if s["Greg"] is not None else None, 3)
         dreg = _number(s["Dreg"] / gen["r1_interval"] if s["Dreg"] is not None else None, 3)
         peaks = ", ".join(f"{phase} {units.memory(f'gen:{stage}:{phase}'):.2f}" for phase in units.phases(stage))
+        processes = max(int(settings["gpus"]), 1)
         lines.append(
-            f"| {stage} | {s['Gmain']:.3f}{contrastive} | {greg} | {s['Dmain']:.3f} | {dreg} | "
-            f"{generator_step(units, stage, gen, lazy=False):.3f} / {step:.3f} | {step * 1000 / batch:.1f} | {v100} | {peaks} |"
+            f"| {stage} | {process_batch(settings)} x {processes} | {s['Gmain']:.3f}{contrastive} | {greg} | "
+            f"{s['Dmain']:.3f} | {dreg} | {_number(s[MAPPER_PHASE], 3)} | "
+            f"{generator_step(units, stage, settings, lazy=False):.3f} / {step:.3f} | "
+            f"{s_per_kimg(units, stage, settings):.1f} | {v100} | {peaks} |"
         )
     return lines
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from mindreader.names import stage_generator_config
 from mindreader.scale.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
 GB = 2**30
@@ -53,6 +54,8 @@ NSD_IMAGE_SIDE = 425
 SG2ADA_V100_S_PER_KIMG = (21.6, 24.2)
 SG2ADA = {"channel_base": 16384, "mapping_layers": 2, "itc": 0.0, "itd": 0.0}
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
+# The end-to-end mappers' own phase (generator.e2e.mapper_phase separate).
+MAPPER_PHASE = "Mmain"
 STAGES = ("pretrain", "finetune", "e2e")
 # The dimension of FID's Inception pool features.
 FID_DIM = 2048
@@ -224,6 +227,26 @@ def evaluation_networks(config: Mapping[str, Any]) -> list[str]:
     return [*config["evaluation"]["networks"], "clip"]
 
 
+def stage_settings(config: Mapping[str, Any], stage: str) -> dict:
+    """generator.* as a training stage runs it (pre-training's own batch, GPUs, ...: names.
+    stage_generator_config); sg2ada: the plain StyleGAN2 at fine-tuning's batch."""
+    if stage == "sg2ada":
+        return {**config["generator"], **SG2ADA}
+    return stage_generator_config(config["generator"], stage)
+
+
+def process_batch(gen: Mapping[str, Any]) -> int:
+    """The batch one training process runs a step at: the global batch split over the GPUs."""
+    return gen["batch"] // max(int(gen["gpus"]), 1)
+
+
+def stage_phases(config: Mapping[str, Any], stage: str) -> tuple[str, ...]:
+    """The phases of a training step of ``stage`` (e2e with separate mappers: one more)."""
+    if stage == "e2e" and config["generator"]["e2e"]["mapper_phase"] == "separate":
+        return (*PHASES, MAPPER_PHASE)
+    return PHASES
+
+
 # --- units: each builder returns a function doing one unit of work, built outside the timing ---
 
 
@@ -242,9 +265,7 @@ def generator_phases(
     from mindreader.generator.training import Trainer
     from mindreader.mappers.models import build_mapper
 
-    cfg = dict(config["generator"])
-    if stage == "sg2ada":
-        cfg.update(SG2ADA)
+    cfg = stage_settings(config, stage)
     variant = get_variant(config["ablations"]["main"]["variant"])
     k = variant.n_conditions if stage in ("finetune", "e2e") else 1
     c_dim = clip_embed_dim(config["clip"])
@@ -420,8 +441,12 @@ def eval_statistics(config: Mapping[str, Any]):
 def rule_batches(config: Mapping[str, Any]) -> dict[str, int]:
     """The batch each unit runs at in its rule (config keys); 1 for the unbatched units."""
     gen, ev = config["generator"], config["evaluation"]
-    out = {f"gen:{stage}:{phase}": gen["batch"] for stage in (*STAGES, "sg2ada") for phase in PHASES}
-    out["gen:pretrain:Gplain"] = gen["batch"]
+    out = {
+        f"gen:{stage}:{phase}": process_batch(stage_settings(config, stage))
+        for stage in (*STAGES, "sg2ada")
+        for phase in stage_phases(config, stage)
+    }
+    out["gen:pretrain:Gplain"] = out["gen:pretrain:Gmain"]
     out.update({f"mapper:{kind}": config["mappers"]["train"]["batch_size"] for kind in ("cnn", "mlp")})
     out.update(ridge=1, reconstruct=gen["reconstruct"]["batch"])
     out["embed:images"] = out["embed:captions"] = config["clip"]["batch_size"]
