@@ -64,7 +64,9 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "generator": {
         "batch": 2,
         "threads": 1,
-        "pretrain": {"kimg": 0.002},
+        # pre-training's own batch and GPUs (the paper's 64 on 4, Lafite's) cut to the smoke's one
+        # process; its other settings (R1 10, x-flips, exp, random z) stay the paper's
+        "pretrain": {"kimg": 0.002, "batch": 2, "gpus": 1},
         "finetune": {"kimg": 0.002},
         # the sample grid at the end of each training: 2 images, not 8 (16 G_ema images at 256 px
         # were a quarter of a smoke training job)

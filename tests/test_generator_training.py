@@ -463,3 +463,17 @@ if __name__ == "__main__":
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in weights(result).items()}, sys.argv[1])
     dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="needs a machine with fewer than 4 GPUs")
+def test_pre_training_on_more_gpus_than_visible_fails_naming_its_own_key():
+    # The paper config pre-trains on 4 GPUs (generator.pretrain.gpus): without them the job fails
+    # at once, naming that key, not generator.gpus. Caught: the message naming the shared key.
+    from mindreader.generator.launch import launch
+
+    job = {"stage": "pretrain", "generator": {"gpus": 1, "pretrain": {"gpus": 4}}}
+    with pytest.raises(RuntimeError, match=r"generator\.pretrain\.gpus = 4 but"):
+        launch(job, 4, "auto")
+    job["generator"]["pretrain"]["gpus"] = None
+    with pytest.raises(RuntimeError, match=r"^generator\.gpus = 4 but"):
+        launch(job, 4, "auto")

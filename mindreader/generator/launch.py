@@ -33,8 +33,10 @@ def launch(job: dict, gpus: int, device: str) -> None:
         run(job, select_device(device, gpus))
         return
     if not torch.cuda.is_available() or torch.cuda.device_count() < gpus:
+        own = job["stage"] == "pretrain" and job["generator"]["pretrain"].get("gpus") is not None
+        key = "generator.pretrain.gpus" if own else "generator.gpus"
         raise RuntimeError(
-            f"generator.gpus = {gpus} but {torch.cuda.device_count()} CUDA device(s) are visible: "
+            f"{key} = {gpus} but {torch.cuda.device_count()} CUDA device(s) are visible: "
             f"{cuda_diagnosis()}"
         )
     Path(job["checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
