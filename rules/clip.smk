@@ -10,7 +10,8 @@ if missing_weights_message(config):
     print(missing_weights_message(config), file=sys.stderr)
 
 
-if CLIP["train_demo"]:
+# With a release (config demo_weights) the demo CLIP is read from it, never trained over it.
+if CLIP["train_demo"] and not DEMO_WEIGHTS:
 
     rule train_demo_clip:
         input:

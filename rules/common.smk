@@ -30,9 +30,23 @@ from mindreader.nsd.paths import (
     mask_relpath,
     present_betas_format,
 )
+from mindreader.demo_weights import (
+    CLIP_FILES as DEMO_CLIP_FILES,
+    MANIFEST,
+    RELEASE_FILES,
+    use_release,
+)
 from mindreader.weights import sha256_of
 
 validate(config, schema="../config/schema.yaml")
+
+# A release of the demo CLIP and pre-trained generator (config demo_weights), or None (the run
+# trains both). With one, clip.demo.dir and generator.init now name its folders, and the jobs
+# that read them wait for the check of the release against the run (DEMO_WEIGHTS_CHECK).
+DEMO_WEIGHTS = use_release(config, WORKFLOW_DIR)
+DEMO_WEIGHTS_CHECK = "results/demo_weights/check.json"
+# Where rule export_demo_weights writes a release (`make demo-weights` installs it in the repository).
+DEMO_WEIGHTS_EXPORT = "results/demo_weights/release"
 
 # Config keys that say where and how fast a job runs, not what it computes (by name anywhere, or
 # by path): config_param leaves them out, so changing them reruns nothing.
@@ -138,7 +152,7 @@ def get_final_output():
         "results/clip/captions_selected.tsv",
         *(
             [f"{config['clip']['demo']['dir']}/metrics.json"]
-            if config["clip"]["train_demo"]
+            if config["clip"]["train_demo"] and not DEMO_WEIGHTS
             else []
         ),
         *mapper_targets(),
@@ -259,11 +273,13 @@ CAPTION_RELPATHS = [captions_relpath(split) for split in CAPTION_SPLITS]
 
 
 def clip_model_files():
-    """The files that a CLIP-loading rule takes as input (the demo CLIP's, or the weights file)."""
+    """The files that a CLIP-loading rule takes as input (the demo CLIP's, or the weights file); a
+    released demo CLIP only once its release is checked."""
     if CLIP["train_demo"]:
         return [
             f"{CLIP_DEMO_DIR}/open_clip_config.json",
             f"{CLIP_DEMO_DIR}/open_clip_model.safetensors",
+            *([DEMO_WEIGHTS_CHECK] if DEMO_WEIGHTS else []),
         ]
     return [CLIP["weights"]]
 
@@ -395,6 +411,16 @@ def init_description():
 
 
 GENERATOR_INIT = init_description()
+
+
+def init_files():
+    """The generator folder fine-tuning starts from, as input; a release's once it is checked."""
+    return [
+        *expand(f"{INIT_FOLDER}/{{name}}", name=GENERATOR_FOLDER_FILES),
+        *([DEMO_WEIGHTS_CHECK] if DEMO_WEIGHTS else []),
+    ]
+
+
 RUN = "results/generator/{subject}/{mapper}/{loss}/{variant}/{strategy}"
 
 

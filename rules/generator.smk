@@ -73,15 +73,62 @@ rule import_lafite:
         "../scripts/import_lafite.py"
 
 
+# Released demo weights (mindreader.demo_weights): `make demo-weights` exports the trained demo
+# CLIP and the pre-training above as a release; a run that starts from one (demo_weights) first
+# checks that it belongs to the run (the files, the stimuli, the CLIP embedding space, the test
+# images held out of pre-training).
+if DEMO_WEIGHTS:
+
+    rule check_demo_weights:
+        input:
+            release=expand(f"{DEMO_WEIGHTS}/{{name}}", name=[MANIFEST, *RELEASE_FILES]),
+            nsd=nsd_inputs(STIMULI_RELPATH),
+            prepared=expand("results/prepared/{subject}.h5", subject=SUBJECTS),
+        output:
+            DEMO_WEIGHTS_CHECK,
+        log:
+            "results/logs/generator/check_demo_weights.log",
+        benchmark:
+            "results/benchmarks/generator/check_demo_weights.tsv"
+        conda:
+            "../envs/torch.yaml"
+        resources:
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
+        params:
+            config=config_param("synthetic", "clip", "generator"),
+            release=DEMO_WEIGHTS,
+        script:
+            "../scripts/check_demo_weights.py"
+
+elif CLIP["train_demo"]:
+
+    rule export_demo_weights:
+        input:
+            clip=expand(f"{CLIP_DEMO_DIR}/{{name}}", name=DEMO_CLIP_FILES),
+            generator=expand(f"{PRETRAINED}/{{name}}", name=NETWORK_FILES),
+            nsd=nsd_inputs(STIMULI_RELPATH),
+            prepared=expand("results/prepared/{subject}.h5", subject=SUBJECTS),
+        output:
+            directory(DEMO_WEIGHTS_EXPORT),
+        log:
+            "results/logs/generator/export_demo_weights.log",
+        benchmark:
+            "results/benchmarks/generator/export_demo_weights.tsv"
+        conda:
+            "../envs/torch.yaml"
+        resources:
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(30),
+        script:
+            "../scripts/export_demo_weights.py"
+
+
 rule finetune_generator:
     input:
         nsd=nsd_inputs(STIMULI_RELPATH),
         pred_train=lambda w: [f"{folder}/pred_train.h5" for folder in mapper_folders(w)],
-        pretrained=lambda w: (
-            expand(f"{INIT_FOLDER}/{{name}}", name=GENERATOR_FOLDER_FILES)
-            if w.strategy == "finetune"
-            else []
-        ),
+        pretrained=lambda w: init_files() if w.strategy == "finetune" else [],
         clip=generator_clip_files(),
     output:
         expand(f"{RUN}/{{name}}", name=NETWORK_FILES, allow_missing=True),
@@ -130,7 +177,7 @@ rule finetune_e2e:
             f"{folder}/model.safetensors" for folder in mapper_folders(w)
         ],
         targets=embedding_files,
-        pretrained=expand(f"{INIT_FOLDER}/{{name}}", name=GENERATOR_FOLDER_FILES),
+        pretrained=init_files(),
         clip=generator_clip_files(),
     output:
         expand(

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A synthetic world small enough that the whole workflow runs in well under a minute per stage.
 TINY_OVERRIDES = {
+    # the tiny world trains its own demo CLIP and generator (the demo's release is of another world)
+    "demo_weights": None,
     "subjects": ["subj01", "subj02"],
     "synthetic": {
         "enabled": True,
@@ -113,6 +115,10 @@ TINY_RUN = {
         "mappers": ["cnn", "ridge", "mlp"],
     },
 }
+
+
+# Where the tiny run's release of its demo CLIP and pre-training is exported.
+TINY_RELEASE = "results/demo_weights/release"
 
 
 def deep_update(base: dict, overrides: dict) -> dict:
@@ -206,7 +212,8 @@ def pytest_collection_modifyitems(items):
 def tiny_run(tmp_path_factory) -> Path:
     """The working directory of one tiny run of the whole workflow (``TINY_RUN``), made once."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(workdir, [], tiny_config(**TINY_RUN))
+    # and a release of its demo CLIP and pre-trained generator (rule export_demo_weights)
+    run_snakemake(workdir, ["all", TINY_RELEASE], tiny_config(**TINY_RUN))
     return workdir
 
 

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from conftest import TINY_RUN, deep_update, run_snakemake, tiny_config
+from conftest import TINY_RELEASE, TINY_RUN, deep_update, run_snakemake, tiny_config
 
+from mindreader.demo_weights import MANIFEST, RELEASE_FILES, DemoWeightsMismatch, verify
 from mindreader.evaluation.networks import FID_NETWORK
 from mindreader.io import read_json
 from mindreader.mappers import load_mapper
@@ -27,6 +28,7 @@ from mindreader.mappers.ridge import fit_ridge
 from mindreader.names import MAPPER_OUTPUT_FILES, SCENE_STAGES, TABLE_NAMES
 from mindreader.nsd import NSD
 from mindreader.smoke import random_fid_inception_state
+from mindreader.synth import SyntheticSpec, write_synthetic_nsd
 from mindreader.weights import sha256_of
 
 pytestmark = pytest.mark.workflow
@@ -493,3 +495,83 @@ def test_oracle_off_plans_no_oracle_file(tmp_path):
     off = run_snakemake(tmp_path / "off", [], off_config, "--dry-run")
     assert "finetune_oracle.h5" in on.stdout and "_oracle.h5" not in off.stdout and "_oracle.json" not in off.stdout
     assert "results/tables/scene_recovery.csv" in off.stdout  # the information table keeps its brain stages
+
+
+# --- Released demo weights (mindreader.demo_weights): exported by the tiny run, checked against it ---
+
+DEMO_WEIGHTS_CHECK = "results/demo_weights/check.json"
+
+
+def tiny_prepared(tiny_run) -> list:
+    return [tiny_run / f"results/prepared/{subject}.h5" for subject in SUBJECTS]
+
+
+def release_copy(tiny_run, tmp_path):
+    copy = tmp_path / "release"
+    shutil.copytree(tiny_run / TINY_RELEASE, copy)
+    return copy
+
+
+def test_the_release_holds_the_runs_clip_and_pretraining_and_checks_against_its_world(tiny_run):
+    release = tiny_run / TINY_RELEASE
+    manifest = read_json(release / MANIFEST)
+    assert sorted(manifest["files"]) == sorted(RELEASE_FILES)
+    for name, digest in manifest["files"].items():
+        assert sha256_of(release / name) == digest
+    assert sha256_of(release / "generator/G_ema.safetensors") == sha256_of(
+        tiny_run / "results/generator/pretrained/G_ema.safetensors"
+    )
+    with h5py.File(tiny_run / "results/prepared/subj01.h5", "r") as f:
+        assert set(f["test/nsd_id"][()]) <= set(manifest["made_from"]["held_out_nsd_ids"])
+    report = verify(release, tiny_run / CONFIG["nsd_root"], tiny_prepared(tiny_run), CONFIG)
+    assert report["reference_max_abs_difference"] < 1e-6
+
+
+def test_the_release_check_refuses_another_world(tiny_run, tmp_path):
+    other = deep_update(CONFIG, {"synthetic": {"seed": CONFIG["synthetic"]["seed"] + 1}})
+    write_synthetic_nsd(tmp_path / "nsd", SyntheticSpec.from_config(other["synthetic"]), ["subj01"])
+    with pytest.raises(DemoWeightsMismatch, match=r"stimuli .* synthetic\.seed \(0 there, 1 here\).*make demo-weights"):
+        verify(tiny_run / TINY_RELEASE, tmp_path / "nsd", tiny_prepared(tiny_run), other)
+
+
+def test_the_release_check_refuses_another_clip_space(tiny_run):
+    other = deep_update(CONFIG, {"clip": {"clamp": 0.02}})
+    with pytest.raises(DemoWeightsMismatch, match=r"embedding space .* clip\.clamp \(1\.5 there, 0\.02 here\)"):
+        verify(tiny_run / TINY_RELEASE, tiny_run / CONFIG["nsd_root"], tiny_prepared(tiny_run), other)
+
+
+def test_the_release_check_refuses_a_changed_file_and_leaked_test_images(tiny_run, tmp_path):
+    release = release_copy(tiny_run, tmp_path)
+    weights = release / "generator/G.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DemoWeightsMismatch, match=r"generator/G\.safetensors has sha256"):
+        verify(release, tiny_run / CONFIG["nsd_root"], tiny_prepared(tiny_run), CONFIG)
+    # a subject whose test images include one that pre-training saw
+    trained_on = np.setdiff1d(NSD(tiny_run / CONFIG["nsd_root"]).subject_images("subj01", 1), read_json(
+        tiny_run / TINY_RELEASE / MANIFEST
+    )["made_from"]["held_out_nsd_ids"])[:1]
+    leaky = tmp_path / "leaky.h5"
+    with h5py.File(leaky, "w") as f:
+        f["test/nsd_id"] = trained_on
+    with pytest.raises(DemoWeightsMismatch, match=rf"1 of this run's test images \(nsd ids {trained_on[0]}\) were not held out"):
+        verify(tiny_run / TINY_RELEASE, tiny_run / CONFIG["nsd_root"], [leaky], CONFIG)
+
+
+def test_a_run_from_a_release_checks_it_first_and_trains_neither_clip_nor_pretraining(tiny_run, tmp_path):
+    from_release = deep_update(CONFIG, {"demo_weights": str(tiny_run / TINY_RELEASE)})
+    # without itc fine-tuning loads no CLIP: it waits for the check through the generator it starts from
+    dry = run_snakemake(tmp_path / "fresh", [], deep_update(from_release, {"generator": {"itc": 0}}), "--dry-run")
+    planned = set(re.findall(r"^rule (\w+):", dry.stdout, flags=re.M))
+    assert {"check_demo_weights", "embed_images", "finetune_generator"} <= planned
+    assert not planned & {"train_demo_clip", "pretrain_generator", "export_demo_weights"}
+    # every CLIP-loading job and every fine-tuning from the release waits for the check
+    for rule in ("embed_images", "embed_captions", "finetune_generator", "finetune_e2e"):
+        block = re.search(rf"^rule {rule}:\n    input: (.*)$", dry.stdout, flags=re.M)
+        assert DEMO_WEIGHTS_CHECK in block.group(1), rule
+    # the check itself, in the tiny run's world: a report, nothing retrained
+    made = run_snakemake(tiny_run, [DEMO_WEIGHTS_CHECK], from_release)
+    assert "check_demo_weights" in made.stdout + made.stderr
+    assert read_json(tiny_run / DEMO_WEIGHTS_CHECK)["reference_max_abs_difference"] < 1e-6
+    (tiny_run / DEMO_WEIGHTS_CHECK).unlink()

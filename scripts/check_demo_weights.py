@@ -1,0 +1,19 @@
+"""Snakemake script of rule check_demo_weights: the release that demo_weights names, checked against
+this run (mindreader.demo_weights.verify) -> results/demo_weights/check.json."""
+
+import logging
+
+from mindreader.demo_weights import verify
+from mindreader.io import write_json
+from mindreader.runtime import setup_logging
+
+sm = snakemake  # noqa: F821 (snakemake is injected by the script directive)
+setup_logging(sm.log[0])
+log = logging.getLogger("check_demo_weights")
+try:
+    report = verify(sm.params.release, sm.config["nsd_root"], list(sm.input.prepared), sm.config)
+except Exception:
+    log.exception("the release %s does not belong to this run", sm.params.release)
+    raise
+log.info("release %s checked: %s", sm.params.release, report)
+write_json(sm.output[0], report)
