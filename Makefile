@@ -26,7 +26,7 @@ demo: $(STAMP)
 # (config/demo-weights.yaml on top of the demo config), exported with their manifest and
 # installed as the versioned folder DEMO_WEIGHTS, which config/config.yaml's demo_weights names.
 # About 90 min on 2 cores. An existing folder is kept unless FORCE=1.
-DEMO_WEIGHTS ?= mindreader/demo_weights/v1
+DEMO_WEIGHTS ?= mindreader/released/demo-v1
 DEMO_WEIGHTS_RUN ?= results/demo-weights
 demo-weights: $(STAMP)
 	$(BIN)/snakemake results/demo_weights/release --snakefile $(CURDIR)/Snakefile \

@@ -65,10 +65,10 @@ def stimuli_fingerprint(nsd_root: str | os.PathLike) -> dict:
 
 
 def test_ids(prepared_files: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Every test image of the prepared subjects, ascending."""
-    from mindreader.generator.data import read_split_ids
+    """Every test image of the prepared subjects, ascending (those pre-training holds out)."""
+    from mindreader.clip.stages import split_ids
 
-    return np.unique(np.concatenate([read_split_ids(p, "test") for p in prepared_files]))
+    return split_ids(prepared_files)[1]
 
 
 def reference_targets(nsd_root, ids: np.ndarray, clip_cfg: Mapping[str, Any], clip_folder) -> np.ndarray:
@@ -229,7 +229,7 @@ def verify(
 
 
 def install(source: str | os.PathLike, destination: str | os.PathLike, force: bool = False) -> None:
-    """Copy a release folder into the repository, each file checked against its manifest."""
+    """Copy a release folder's manifest and files into the repository, each file checked against it."""
     source, destination = Path(source), Path(destination)
     manifest = read_json(source / MANIFEST)
     for name, expected in manifest["files"].items():
@@ -239,10 +239,12 @@ def install(source: str | os.PathLike, destination: str | os.PathLike, force: bo
         if not force:
             raise FileExistsError(
                 f"{destination} already holds a release: give the new one another version "
-                f"(DEMO_WEIGHTS=mindreader/demo_weights/vN, then demo_weights in config/config.yaml) or replace it with FORCE=1"
+                f"(DEMO_WEIGHTS=mindreader/released/demo-vN, then demo_weights in config/config.yaml) or replace it with FORCE=1"
             )
         shutil.rmtree(destination)
-    shutil.copytree(source, destination)
+    for name in (MANIFEST, *manifest["files"]):  # the release alone (not Snakemake's directory marker)
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, destination / name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     put = commands.add_parser("install", help="copy an exported release folder into the repository")
     put.add_argument("source", help="the exported folder (results/demo_weights/release of the demo-weights run)")
-    put.add_argument("destination", help="the versioned folder to create, e.g. mindreader/demo_weights/v1")
+    put.add_argument("destination", help="the versioned folder to create, e.g. mindreader/released/demo-v1")
     put.add_argument("--force", action="store_true", help="replace the destination if it exists")
     args = parser.parse_args(argv)
     try:

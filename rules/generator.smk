@@ -97,7 +97,6 @@ if DEMO_WEIGHTS:
             runtime=per_attempt(30),
         params:
             config=config_param("synthetic", "clip", "generator"),
-            release=DEMO_WEIGHTS,
         script:
             "../scripts/check_demo_weights.py"
 

@@ -91,8 +91,10 @@ def test_a_missing_release_says_how_to_make_one(tmp_path):
 
 def test_install_copies_a_release_checked_and_never_over_another(tmp_path):
     source = fake_release(tmp_path / "export")
+    (source / ".snakemake_timestamp").write_text("")  # the marker of Snakemake's directory outputs
     install(source, tmp_path / "v1")
     assert all((tmp_path / "v1" / name).read_text() == name for name in RELEASE_FILES)
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["clip", "generator", MANIFEST]
     with pytest.raises(FileExistsError, match="another version .* FORCE=1"):
         install(source, tmp_path / "v1")
     (source / RELEASE_FILES[0]).write_text("changed")

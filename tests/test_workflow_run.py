@@ -554,6 +554,7 @@ def test_the_release_check_refuses_a_changed_file_and_leaked_test_images(tiny_ru
     )["made_from"]["held_out_nsd_ids"])[:1]
     leaky = tmp_path / "leaky.h5"
     with h5py.File(leaky, "w") as f:
+        f["train/nsd_id"] = np.zeros(0, dtype=np.int64)
         f["test/nsd_id"] = trained_on
     with pytest.raises(DemoWeightsMismatch, match=rf"1 of this run's test images \(nsd ids {trained_on[0]}\) were not held out"):
         verify(tiny_run / TINY_RELEASE, tiny_run / CONFIG["nsd_root"], [leaky], CONFIG)
