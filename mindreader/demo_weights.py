@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mindreader.io import read_json, write_json
+from mindreader.names import GENERATOR_WEIGHT_ARGUMENTS
 from mindreader.weights import sha256_of
 
 MANIFEST = "manifest.json"
@@ -43,6 +44,15 @@ N_REFERENCE = 16
 EMBEDDING_ATOL = 1e-4
 # The config sections that decide what the weights are; recorded, and named when the world differs.
 RECORDED_SECTIONS = ("seed", "synthetic", "clip", "generator")
+# The config keys verify reads (rule check_demo_weights reruns when one changes, and only then):
+# the world, how the CLIP targets are made, the generator's architecture.
+CHECKED_KEYS = (
+    "synthetic",
+    "clip.demo",
+    "clip.clamp",
+    "clip.normalize",
+    *sorted({f"generator.{key}" for keys in GENERATOR_WEIGHT_ARGUMENTS.values() for key in keys.values()}),
+)
 REMAKE = (
     "Remake the weights for this world with `make demo-weights` (README, 'Demo weights'), or train the "
     "demo CLIP and generator inside the run with `demo_weights: null`."

@@ -10,6 +10,7 @@ invocation, and every cluster job, parses the rules: importing torch there cost 
 - ``SCENE_STAGES`` / ``NO_MAPPER``: the sources (stages) of the information table.
 - ``PRETRAIN_OVERRIDES`` / ``stage_generator_config``: the generator settings a training stage
   uses (pre-training may set its own batch, GPUs, R1 weight, EMA, x-flips, contrastive form, z).
+- ``GENERATOR_WEIGHT_ARGUMENTS``: the generator config keys that a pre-trained network must share.
 """
 
 from __future__ import annotations
@@ -126,3 +127,26 @@ def stage_generator_config(generator: Mapping, stage: str) -> dict:
         overrides = generator["pretrain"]
         out.update({key: overrides[key] for key in PRETRAIN_OVERRIDES if overrides.get(key) is not None})
     return out
+
+
+# Constructor arguments that fix the shapes and scales of the stored weights: a pre-trained folder
+# (ours, an imported Lafite model, or generator.init's) must agree with the config on them; the
+# conditions, fusion and precision settings may differ. Value: the config key, where it differs.
+GENERATOR_WEIGHT_ARGUMENTS = {
+    "generator": {
+        "z_dim": "z_dim",
+        "w_dim": "w_dim",
+        "img_resolution": "resolution",
+        "branch_width": "branch_width",
+        "channel_base": "channel_base",
+        "channel_max": "channel_max",
+        "mapping_layers": "mapping_layers",
+        "branch_lr_multiplier": "branch_lr_multiplier",
+        "use_noise": "noise_inputs",
+    },
+    "discriminator": {
+        "img_resolution": "resolution",
+        "channel_base": "channel_base",
+        "channel_max": "channel_max",
+    },
+}

@@ -31,6 +31,7 @@ from mindreader.nsd.paths import (
     present_betas_format,
 )
 from mindreader.demo_weights import (
+    CHECKED_KEYS as DEMO_WEIGHTS_CHECKED_KEYS,
     CLIP_FILES as DEMO_CLIP_FILES,
     MANIFEST,
     RELEASE_FILES,

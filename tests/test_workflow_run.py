@@ -575,4 +575,12 @@ def test_a_run_from_a_release_checks_it_first_and_trains_neither_clip_nor_pretra
     made = run_snakemake(tiny_run, [DEMO_WEIGHTS_CHECK], from_release)
     assert "check_demo_weights" in made.stdout + made.stderr
     assert read_json(tiny_run / DEMO_WEIGHTS_CHECK)["reference_max_abs_difference"] < 1e-6
+    # fine-tuning's keys and the caption screening do not rerun it (nor, after it, every embedding
+    # and mapper); how the CLIP targets are made does
+    for change, reruns in (
+        ({"generator": {"finetune": {"kimg": 0.008}}, "clip": {"screening": {"rule": "topk_mean"}}}, False),
+        ({"clip": {"clamp": 1.0}}, True),
+    ):
+        dry = run_snakemake(tiny_run, [DEMO_WEIGHTS_CHECK], deep_update(from_release, change), "--dry-run")
+        assert ("rule check_demo_weights:" in dry.stdout) == reruns, change
     (tiny_run / DEMO_WEIGHTS_CHECK).unlink()

@@ -30,7 +30,7 @@ from mindreader.generator.networks import Discriminator, Generator
 from mindreader.generator.store import architecture, load_networks, save_networks
 from mindreader.generator.training import TrainConfig, Trainer, set_seed_for_init
 from mindreader.io import atomic_path
-from mindreader.names import stage_generator_config
+from mindreader.names import GENERATOR_WEIGHT_ARGUMENTS, stage_generator_config
 
 log = logging.getLogger(__name__)
 
@@ -145,33 +145,10 @@ def build(cfg: dict, c_dim: int, n_conditions: int, fusion: str, seed: int):
     return Generator(**g_kwargs), Discriminator(**d_kwargs), g_kwargs, d_kwargs
 
 
-# Constructor arguments that fix the shapes and scales of the stored weights: a pre-trained folder
-# (ours, an imported Lafite model, or generator.init's) must agree with the config on them; the
-# conditions, fusion and precision settings may differ. Value: the config key, where it differs.
-WEIGHT_ARGUMENTS = {
-    "generator": {
-        "z_dim": "z_dim",
-        "w_dim": "w_dim",
-        "img_resolution": "resolution",
-        "branch_width": "branch_width",
-        "channel_base": "channel_base",
-        "channel_max": "channel_max",
-        "mapping_layers": "mapping_layers",
-        "branch_lr_multiplier": "branch_lr_multiplier",
-        "use_noise": "noise_inputs",
-    },
-    "discriminator": {
-        "img_resolution": "resolution",
-        "channel_base": "channel_base",
-        "channel_max": "channel_max",
-    },
-}
-
-
 def check_architecture(folder, meta: dict, g_kwargs: dict, d_kwargs: dict) -> None:
     """Raise, naming the config key, where the config's networks differ from the pre-trained ones."""
     for net, built in (("generator", g_kwargs), ("discriminator", d_kwargs)):
-        for arg, key in WEIGHT_ARGUMENTS[net].items():
+        for arg, key in GENERATOR_WEIGHT_ARGUMENTS[net].items():
             if arg in built and arg in meta[net] and meta[net][arg] != built[arg]:
                 raise ValueError(
                     f"{folder}: the pre-trained {net} has {arg} {meta[net][arg]}, the config's generator.{key} "
