@@ -100,7 +100,6 @@ def export(
     prepared_files: Sequence[str | os.PathLike],  # the subjects whose test images pre-training held out
     config: Mapping[str, Any],
     output: str | os.PathLike,  # the release folder, written whole or not at all
-    **provenance: Any,
 ) -> dict:
     """Write a release folder; return its manifest."""
     from mindreader.provenance import collect
@@ -126,7 +125,7 @@ def export(
                 },
             },
             "config": {key: config[key] for key in RECORDED_SECTIONS},
-            "provenance": collect(None, config["seed"], **provenance),
+            "provenance": collect(None, config["seed"]),
         }
         write_json(staged / MANIFEST, manifest)
         if output.exists():
