@@ -29,13 +29,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mindreader.io import read_json, write_json
-from mindreader.names import GENERATOR_WEIGHT_ARGUMENTS
+from mindreader.names import GENERATOR_RUN_FILES, GENERATOR_WEIGHT_ARGUMENTS
 from mindreader.weights import sha256_of
 
 MANIFEST = "manifest.json"
 CLIP_DIR, GENERATOR_DIR = "clip", "generator"
 CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "curve.csv", "metrics.json")
-GENERATOR_FILES = ("network.json", "G.safetensors", "G_ema.safetensors", "D.safetensors", "losses.csv")
+GENERATOR_FILES = GENERATOR_RUN_FILES
 RELEASE_FILES = tuple(f"{CLIP_DIR}/{f}" for f in CLIP_FILES) + tuple(f"{GENERATOR_DIR}/{f}" for f in GENERATOR_FILES)
 # Held-out test images whose CLIP image targets fingerprint the embedding space (evenly spaced).
 N_REFERENCE = 16
@@ -216,10 +216,12 @@ def verify(
         gap = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         report["reference_max_abs_difference"] = gap
         if not gap <= EMBEDDING_ATOL:
+            # the clip keys the check reads (CHECKED_KEYS), less where the demo CLIP is read from
             changed = [
                 d
-                for d in _differences(manifest["config"]["clip"], config["clip"], "clip")
-                if not d.startswith(("clip.demo.dir ", "clip.threads ", "clip.gpus ", "clip.mem_mb ", "clip.runtime "))
+                for key in ("demo", "clamp", "normalize")
+                for d in _differences(manifest["config"]["clip"][key], config["clip"][key], f"clip.{key}")
+                if not d.startswith("clip.demo.dir ")
             ]
             problems.append(
                 f"the CLIP image targets of {len(ids)} reference images differ from the release's by up to {gap:.3g} "

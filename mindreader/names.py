@@ -11,6 +11,7 @@ invocation, and every cluster job, parses the rules: importing torch there cost 
 - ``PRETRAIN_OVERRIDES`` / ``stage_generator_config``: the generator settings a training stage
   uses (pre-training may set its own batch, GPUs, R1 weight, EMA, x-flips, contrastive form, z).
 - ``GENERATOR_WEIGHT_ARGUMENTS``: the generator config keys that a pre-trained network must share.
+- ``GENERATOR_RUN_FILES``: the files of a trained generator's folder (a run's, pre-training's).
 """
 
 from __future__ import annotations
@@ -150,3 +151,6 @@ GENERATOR_WEIGHT_ARGUMENTS = {
         "channel_max": "channel_max",
     },
 }
+
+# The files of a trained generator's folder: its networks, network.json, and its losses.
+GENERATOR_RUN_FILES = ("network.json", "G.safetensors", "G_ema.safetensors", "D.safetensors", "losses.csv")

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 from mindreader.names import (
     EXTERNAL_PREFIX,
+    GENERATOR_RUN_FILES,
     ORACLE_SUFFIX,
     RUN_KEYS,
     TABLE_NAMES,
@@ -348,13 +349,7 @@ def mapper_targets():
 GEN = config["generator"]
 # pre-training's settings: generator.pretrain may set its own batch, GPUs, ...
 PRETRAIN_GEN = stage_generator_config(GEN, "pretrain")
-NETWORK_FILES = [
-    "network.json",
-    "G.safetensors",
-    "G_ema.safetensors",
-    "D.safetensors",
-    "losses.csv",
-]
+NETWORK_FILES = list(GENERATOR_RUN_FILES)
 PRETRAINED = "results/generator/pretrained"
 IMPORTED = "results/generator/imported"
 # What store.load_networks reads from a generator folder.
